@@ -1,0 +1,111 @@
+"""Preprocess stage: the reference preprocessing plus a validation split.
+
+Images `(N, 28, 28)` uint8 -> `(N, 784)` float32 in [0, 1]; labels -> one-hot float32.
+A seeded validation split is carved from the training set; the test set is untouched.
+Writes `<processed_dir>/{train,val,test}.npz` and `meta.json` (ndim, shape, dtype of
+every tensor, checksums, split settings).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from pipeline.atomic import sha256_file, write_json, write_npz
+from pipeline.config import project_path
+from pipeline.download import raw_paths
+from pipeline.errors import PipelineError, exit_on_pipeline_error
+from pipeline.sources import read_npz, validate_arrays
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def check_val_fraction(value) -> float:
+    """Return the validation fraction, or explain why it is not in (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise PipelineError(
+            f"split.val_fraction={value!r} is not allowed: it must be a number strictly between 0 and 1 "
+            "(e.g. split.val_fraction=0.1)."
+        )
+    return float(value)
+
+
+def to_features(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 -> (N, H*W) float32 scaled to [0, 1], as in the reference."""
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Integer labels -> float32 one-hot rows."""
+    return np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)]
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded permutation of range(n) cut into (train, val) index arrays, each sorted."""
+    n_val = round(n * val_fraction)
+    if not 0 < n_val < n:
+        raise PipelineError(
+            f"split.val_fraction={val_fraction} leaves {n_val} of {n} training images for validation; "
+            "choose a fraction that keeps at least one image on each side."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def processed_paths(cfg: DictConfig) -> dict[str, Path]:
+    """Paths of the processed split files and their metadata."""
+    out = project_path(cfg, "processed_dir")
+    return {**{name: out / f"{name}.npz" for name in SPLIT_NAMES}, "meta": out / "meta.json"}
+
+
+def preprocess_dataset(cfg: DictConfig) -> dict:
+    """Read the canonical raw dataset, write the processed splits; return the metadata."""
+    val_fraction = check_val_fraction(cfg.split.val_fraction)
+    raw_file, _ = raw_paths(cfg)
+    if not raw_file.is_file():
+        raise PipelineError(f"{raw_file} does not exist: run the download stage first (python -m pipeline.download).")
+    raw = read_npz(raw_file)
+    validate_arrays(raw, str(raw_file), cfg.dataset.image_shape, cfg.dataset.num_classes)
+
+    train_idx, val_idx = split_indices(len(raw["y_train"]), val_fraction, int(cfg.split.seed))
+    k = int(cfg.dataset.num_classes)
+    splits = {
+        "train": (raw["x_train"][train_idx], raw["y_train"][train_idx]),
+        "val": (raw["x_train"][val_idx], raw["y_train"][val_idx]),
+        "test": (raw["x_test"], raw["y_test"]),
+    }
+    paths = processed_paths(cfg)
+    meta = {
+        "source": raw_file.name,
+        "source_sha256": sha256_file(raw_file),
+        "split": {"val_fraction": val_fraction, "seed": int(cfg.split.seed)},
+    }
+    tensors, checksums = {}, {}
+    for name, (images, labels) in splits.items():
+        arrays = {"x": to_features(images), "y": one_hot(labels, k)}
+        write_npz(paths[name], arrays)
+        checksums[name] = sha256_file(paths[name])
+        tensors[name] = {
+            key: {"ndim": a.ndim, "shape": list(a.shape), "dtype": str(a.dtype)} for key, a in arrays.items()
+        }
+        log.info("%s: x %s %s, y %s", name, arrays["x"].shape, arrays["x"].dtype, arrays["y"].shape)
+    meta.update(tensors=tensors, sha256=checksums)
+    write_json(paths["meta"], meta)
+    return meta
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Entry point: `python -m pipeline.preprocess [overrides]`."""
+    with exit_on_pipeline_error():
+        preprocess_dataset(cfg)
+
+
+if __name__ == "__main__":
+    main()
