@@ -20,20 +20,11 @@ from pipeline.config import project_path
 from pipeline.download import raw_paths
 from pipeline.errors import PipelineError, exit_on_pipeline_error
 from pipeline.sources import read_npz, validate_arrays
+from pipeline.validation import check_val_fraction
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def check_val_fraction(value) -> float:
-    """Return the validation fraction, or explain why it is not in (0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise PipelineError(
-            f"split.val_fraction={value!r} is not allowed: it must be a number strictly between 0 and 1 "
-            "(e.g. split.val_fraction=0.1)."
-        )
-    return float(value)
 
 
 def to_features(images: np.ndarray) -> np.ndarray:
