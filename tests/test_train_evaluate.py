@@ -1,0 +1,164 @@
+"""Train and evaluate through the stage functions: real TensorFlow, real MLflow (tmp SQLite)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import run_module
+from mlflow.tracking import MlflowClient
+
+from pipeline.data import OutputPaths, load_split
+from pipeline.errors import PipelineError
+from pipeline.evaluate import evaluate
+from pipeline.experiment import run_experiment
+from pipeline.tracking import tracking_uri
+from pipeline.train import train
+
+
+def client_for(cfg) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri(cfg))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny train + evaluate shared by the assertions below (TensorFlow is slow to start)."""
+    from conftest import tiny_arrays
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from pipeline.atomic import write_npz
+    from pipeline.config import CONFIG_DIR
+    from pipeline.download import download_dataset
+    from pipeline.preprocess import preprocess_dataset
+
+    tmp = tmp_path_factory.mktemp("trained")
+    write_npz(tmp / "tiny.npz", tiny_arrays())
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                f"paths.root={tmp}",
+                f"dataset.mirrors=[{{url: '{tmp / 'tiny.npz'}', sha256: null}}]",
+                "train.epochs=2",
+                "train.batch_size=32",
+            ],
+        )
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.tracking.uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    download_dataset(cfg)
+    preprocess_dataset(cfg)
+    result = train(cfg)
+    metrics = evaluate(cfg)
+    return cfg, result, metrics
+
+
+def test_run_is_finished_with_params_curves_and_test_accuracy(trained):
+    cfg, result, metrics = trained
+    run_id = json.loads(OutputPaths.for_stages(cfg).run_info.read_text())["run_id"]
+    client = client_for(cfg)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "rmsprop-bs32"
+    params = run.data.params
+    assert params["optimizer.name"] == "rmsprop"
+    assert params["optimizer.learning_rate"] == "0.001"
+    assert params["train.batch_size"] == "32"
+    assert params["model.hidden_units"] == "[512]"
+    history = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in history] == pytest.approx([row["val_loss"] for row in result.history])
+    for name in ("loss", "accuracy", "val_accuracy", "epoch_seconds", "samples_per_second"):
+        assert len(client.get_metric_history(run_id, name)) == 2, name
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert metrics["test_accuracy"] > 0.5, "the tiny digits are learnable"
+    assert run.data.tags["git_commit"]
+    assert run.data.tags["data.sha256.train"]
+    assert run.data.tags["version.keras"]
+
+
+def test_artifacts_and_logged_model(trained):
+    cfg, _, _ = trained
+    run_id = json.loads(OutputPaths.for_stages(cfg).run_info.read_text())["run_id"]
+    client = client_for(cfg)
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "history.csv", "evaluation"} <= top
+    evaluation = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert evaluation == {"evaluation/metrics.json", "evaluation/confusion_matrix.png", "evaluation/misclassified.png"}
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    models = mlflow.search_logged_models(
+        experiment_ids=[client.get_run(run_id).info.experiment_id], output_format="list"
+    )
+    assert [m.source_run_id for m in models] == [run_id]
+    info = mlflow.models.get_model_info(models[0].model_uri)
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 784)
+    assert info.saved_input_example_info is not None
+
+
+def test_reloaded_model_predicts_exactly_what_the_trained_one_did(trained):
+    import keras
+
+    cfg, result, _ = trained
+    test = load_split(cfg, "test")
+    reloaded = keras.models.load_model(OutputPaths.for_stages(cfg).model)
+    np.testing.assert_array_equal(reloaded.predict(test.x, verbose=0), result.model.predict(test.x, verbose=0))
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    run = client_for(cfg).get_run(json.loads(OutputPaths.for_stages(cfg).run_info.read_text())["run_id"])
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    from_mlflow = mlflow.keras.load_model(logged.model_uri)
+    np.testing.assert_array_equal(from_mlflow.predict(test.x, verbose=0), result.model.predict(test.x, verbose=0))
+
+
+def test_reports_on_disk(trained):
+    cfg, result, metrics = trained
+    paths = OutputPaths.for_stages(cfg)
+    assert json.loads(paths.metrics.read_text()) == metrics
+    assert set(metrics) >= {"test_loss", "test_accuracy"}
+    lines = paths.history.read_text().splitlines()
+    assert lines[0].startswith("epoch,accuracy,loss,val_accuracy,val_loss")
+    assert len(lines) == 3
+    for png in (paths.confusion_matrix, paths.misclassified):
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_experiment_is_one_run_with_training_and_test_metrics(tiny_data_cfg):
+    cfg = tiny_data_cfg("optimizer=adam")
+    metrics = run_experiment(cfg)
+    run = client_for(cfg).get_run(metrics["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "adam-bs32"
+    assert {"val_loss", "test_accuracy", "train_seconds"} <= set(run.data.metrics)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_missing_processed_data_says_which_stage(compose_cfg):
+    with pytest.raises(PipelineError, match="run the preprocess stage first"):
+        train(compose_cfg())
+
+
+def test_evaluate_without_model(tiny_data_cfg):
+    with pytest.raises(PipelineError, match="No trained model .* run the train stage first"):
+        evaluate(tiny_data_cfg())
+
+
+def test_unwritable_store_fails_before_training(tiny_data_cfg, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cfg = tiny_data_cfg(f"paths.mlruns_dir={blocker / 'mlruns'}")
+    cfg.tracking.uri = None
+    with pytest.raises(PipelineError, match="Cannot create the MLflow store"):
+        train(cfg)
+    assert not OutputPaths.for_stages(cfg).model.exists()
+
+
+def test_cli_unknown_optimizer_lists_choices(tmp_path):
+    result = run_module("pipeline.train", "optimizer=adagrad", f"paths.root={tmp_path}")
+    assert result.returncode != 0
+    assert "Could not find 'optimizer/adagrad'" in result.stderr
+    for name in ("adam", "momentum", "rmsprop", "sgd"):
+        assert name in result.stderr
