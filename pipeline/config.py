@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 PACKAGE_CHECKOUT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PACKAGE_CHECKOUT / "conf"
 ROOT_MARKER = "dvc.yaml"
+# Set by a parallel sweep so that each job takes its share of the CPU cores.
+THREADS_ENV = "MNIST_PIPELINE_THREADS"
 
 
 def find_project_root(start: str | os.PathLike[str] | None = None) -> Path:

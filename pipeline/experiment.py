@@ -55,6 +55,10 @@ def run_sweep_job(cfg: DictConfig, job_dir: Path) -> float:
     except Exception as err:  # noqa: BLE001 - recorded as a FAILED run; the sweep goes on
         log.error("Sweep job failed (%s: %s); continuing with the next job", type(err).__name__, err)
         return math.nan
+    finally:
+        import keras
+
+        keras.backend.clear_session()  # the next job in this process starts from a clean graph
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

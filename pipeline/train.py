@@ -20,15 +20,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.config import THREADS_ENV
 from pipeline.data import OutputPaths, Split, load_split, processed_checksums
 from pipeline.errors import PipelineError, exit_on_pipeline_error
 from pipeline.tracking import flat_params, git_state, package_versions, tracked_run
 from pipeline.validation import check_config, resolve_batch_size
 
 log = logging.getLogger(__name__)
-
-# Set by a parallel sweep so that each job takes its share of the cores.
-THREADS_ENV = "MNIST_PIPELINE_THREADS"
 
 
 class DivergedError(PipelineError):
@@ -50,8 +48,11 @@ def run_name(cfg: DictConfig) -> str:
     return f"{cfg.optimizer.name}-bs{cfg.train.batch_size}"
 
 
-def configure_tensorflow(cfg: DictConfig) -> None:
-    """Seed everything and set thread counts; must run before TensorFlow starts executing."""
+def configure_tensorflow(cfg: DictConfig) -> int:
+    """Seed everything and set thread counts (before TensorFlow starts executing).
+
+    Returns the intra-op thread count in effect (0: TensorFlow's default, all cores).
+    """
     import keras
     import tensorflow as tf
 
@@ -63,6 +64,7 @@ def configure_tensorflow(cfg: DictConfig) -> None:
         except RuntimeError:  # already initialised in this process (a later job of a sweep)
             pass
     keras.utils.set_random_seed(int(cfg.train.seed))
+    return tf.config.threading.get_intra_op_parallelism_threads()
 
 
 def keras_verbosity(setting: Any) -> int:
@@ -105,7 +107,11 @@ def fit(cfg: DictConfig, train: Split, val: Split, run_id: str | None) -> TrainR
     """Build, compile and fit the model on `train`, validating on `val` each epoch."""
     from pipeline.model import build_model, compile_model
 
-    configure_tensorflow(cfg)
+    threads = configure_tensorflow(cfg)
+    if run_id:
+        import mlflow
+
+        mlflow.set_tag("tf.intra_op_threads", str(threads or os.cpu_count()))
     batch_size = resolve_batch_size(cfg.train.batch_size, len(train.x))
     model = compile_model(build_model(cfg, train.x.shape[1], train.y.shape[1]), cfg)
     result = TrainResult(model=model, batch_size=batch_size)
@@ -185,7 +191,8 @@ def log_keras_model(model: Any) -> None:
     from mlflow.models import Model, infer_signature
 
     example = np.zeros((2, model.input_shape[1]), dtype=np.float32)
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    # The output's shape and dtype are known; no predict call (one more trace) needed.
+    signature = infer_signature(example, np.zeros((2, model.output_shape[1]), dtype=np.float32))
     requirements = [f"{p}=={md.version(p)}" for p in ("keras", "tensorflow-cpu")]
     Model.log(
         artifact_path=None,  # deprecated in favour of name=, but still a required argument of Model.log
