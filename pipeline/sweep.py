@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from pipeline.atomic import write_json
 from pipeline.config import THREADS_ENV, project_path
+from pipeline.errors import exit_on_pipeline_error
 from pipeline.validation import check_config
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,12 @@ class SweepCallback(Callback):
         self.jobs = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and sweeps on; a bad value
+        # must stop the sweep before its first job, so exit here (SystemExit passes).
+        with exit_on_pipeline_error():
+            self._prepare(config)
+
+    def _prepare(self, config: DictConfig) -> None:
         from pipeline.tracking import PARENT_RUN_ENV
 
         overrides = sweep_overrides(config)

@@ -49,6 +49,20 @@ def tracking_uri(cfg: DictConfig) -> str:
     return f"sqlite:///{project_path(cfg, 'mlruns_dir') / 'mlflow.db'}"
 
 
+def use_store(uri: str) -> None:
+    """Make `uri` MLflow's store in this process without touching MLFLOW_TRACKING_URI.
+
+    `mlflow.set_tracking_uri` also exports the variable, which would then look like a
+    user's override to the next `tracking_uri()` call with another config.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def setup_tracking(cfg: DictConfig) -> str:
     """Point MLflow at the configured store, create it and the experiment; return its id."""
     uri = tracking_uri(cfg)
@@ -66,7 +80,7 @@ def setup_tracking(cfg: DictConfig) -> str:
                 "Set paths.mlruns_dir to a writable folder, or MLFLOW_TRACKING_URI to another store."
             ) from err
         artifact_location = (db.parent / "artifacts").as_uri()
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     name = cfg.tracking.experiment
     client = MlflowClient()
     for attempt in range(5):

@@ -14,7 +14,7 @@ from pipeline.data import OutputPaths, load_split
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
 from pipeline.experiment import run_experiment
-from pipeline.tracking import tracking_uri
+from pipeline.tracking import tracking_uri, use_store
 from pipeline.train import train
 
 
@@ -90,7 +90,7 @@ def test_artifacts_and_logged_model(trained):
     assert {"config.yaml", "history.csv", "evaluation"} <= top
     evaluation = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert evaluation == {"evaluation/metrics.json", "evaluation/confusion_matrix.png", "evaluation/misclassified.png"}
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    use_store(tracking_uri(cfg))
     models = mlflow.search_logged_models(
         experiment_ids=[client.get_run(run_id).info.experiment_id], output_format="list"
     )
@@ -107,7 +107,7 @@ def test_reloaded_model_predicts_exactly_what_the_trained_one_did(trained):
     test = load_split(cfg, "test")
     reloaded = keras.models.load_model(OutputPaths.for_stages(cfg).model)
     np.testing.assert_array_equal(reloaded.predict(test.x, verbose=0), result.model.predict(test.x, verbose=0))
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    use_store(tracking_uri(cfg))
     run = client_for(cfg).get_run(json.loads(OutputPaths.for_stages(cfg).run_info.read_text())["run_id"])
     (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     from_mlflow = mlflow.keras.load_model(logged.model_uri)
