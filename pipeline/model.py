@@ -20,7 +20,8 @@ def build_model(cfg: DictConfig, input_dim: int = 784, num_classes: int = 10) ->
 
 def build_optimizer(cfg: DictConfig) -> keras.optimizers.Optimizer:
     """Instantiate `cfg.optimizer` (its `_target_` is a Keras optimizer class)."""
-    return instantiate(cfg.optimizer, _convert_="all")
+    # Keras refuses an integer learning rate, which is what `learning_rate=1000` parses to.
+    return instantiate(cfg.optimizer, learning_rate=float(cfg.optimizer.learning_rate), _convert_="all")
 
 
 def compile_model(model: keras.Model, cfg: DictConfig) -> keras.Model:

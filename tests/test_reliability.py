@@ -1,0 +1,176 @@
+"""Faults survived: bad values, divergence, interruption, crashes mid-write, parallel writers, seeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_module
+from mlflow.tracking import MlflowClient
+
+from pipeline.atomic import atomic_path, write_npz
+from pipeline.config import PACKAGE_CHECKOUT
+from pipeline.data import OutputPaths
+from pipeline.experiment import run_experiment
+from pipeline.tracking import tracking_uri
+from pipeline.train import DivergedError, train
+
+
+def all_runs(cfg):
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client, (client.search_runs([experiment.experiment_id]) if experiment else [])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.batch_size=0"], "train.batch_size=0 is not allowed: a positive integer or 'full'"),
+        (["train.batch_size=abc"], "train.batch_size='abc' is not allowed"),
+        (["train.epochs=0"], "train.epochs=0 is not allowed: a positive integer"),
+        (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate=-0.1 is not allowed: a number > 0"),
+        (["optimizer=momentum", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a number in [0, 1)"),
+        (["split.val_fraction=1.5"], "split.val_fraction=1.5 is not allowed"),
+        (["model.hidden_units=[512,-3]"], "model.hidden_units=[512, -3] is not allowed"),
+        (["train.epoch=3"], "Could not override 'train.epoch'"),
+    ],
+)
+def test_bad_value_exits_non_zero_with_message_and_changes_nothing(tmp_path, overrides, message):
+    result = run_module("pipeline.train", f"paths.root={tmp_path}", *overrides)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for folder in ("data", "models", "reports", "mlruns"):
+        assert not (tmp_path / folder).exists(), folder
+
+
+def test_diverging_run_fails_keeps_curves_and_previous_model(tiny_data_cfg):
+    cfg = tiny_data_cfg("train.epochs=3")
+    model = OutputPaths.for_stages(cfg).model
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(b"previous good model")
+    cfg.optimizer.learning_rate = 1e30
+    with pytest.raises(DivergedError, match="diverged at epoch 1"):
+        train(cfg)
+    assert model.read_bytes() == b"previous good model"
+    client, runs = all_runs(cfg)
+    (run,) = runs
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"].startswith("diverged at epoch 1")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")] == [1]
+
+
+def test_diverging_job_does_not_stop_the_sweep(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    result = run_module(
+        "pipeline.experiment",
+        "-m",
+        f"paths.root={cfg.paths.root}",
+        "optimizer=sgd",
+        "optimizer.learning_rate=1e30,0.01",
+        "train.epochs=1",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, runs = all_runs(cfg)
+    children = {r.data.params["optimizer.learning_rate"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert children["1e+30"].info.status == "FAILED"
+    assert children["1e+30"].data.tags["failure_reason"].startswith("diverged at epoch 1")
+    assert children["0.01"].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, sig):
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    paths = OutputPaths.for_stages(cfg)
+    for path in (paths.model, paths.history):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"previous")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", f"paths.root={root}", "train.epochs=100000", "train.batch_size=8"],
+        cwd=PACKAGE_CHECKOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # wait until training is under way
+        seen.append(line)
+        if line.startswith("Epoch 3/") or time.monotonic() > deadline:
+            break
+    proc.send_signal(sig)
+    proc.stdout.read()
+    assert proc.wait(timeout=60) != 0
+    client, runs = all_runs(cfg)
+    (run,) = runs
+    assert run.info.status == "KILLED", "".join(seen[-20:])
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 2, "curves so far are kept"
+    assert paths.model.read_bytes() == b"previous"
+    assert paths.history.read_bytes() == b"previous"
+
+
+def test_crash_while_writing_keeps_the_old_file(tmp_path):
+    target = tmp_path / "train.npz"
+    write_npz(target, {"x": np.ones(10)})
+    before = target.read_bytes()
+    with pytest.raises(ValueError, match="Object arrays cannot be saved"):
+        write_npz(target, {"x": np.zeros(10_000), "y": np.array([object()], dtype=object)})
+    assert target.read_bytes() == before
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash in the middle of writing")
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"], "no temporary files left behind"
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_data_cfg):
+    cfg = tiny_data_cfg("train.epochs=2", "tracking.enabled=false")
+    histories, accuracies = [], []
+    for seed in (3, 3, 4):
+        cfg.train.seed = seed
+        metrics = run_experiment(cfg)
+        histories.append(OutputPaths.for_stages(cfg).history.read_text().splitlines())
+        accuracies.append(metrics["test_accuracy"])
+
+    def losses(lines):
+        return [line.split(",")[1:5] for line in lines[1:]]  # accuracy, loss, val_accuracy, val_loss
+
+    assert losses(histories[0]) == losses(histories[1])
+    assert accuracies[0] == accuracies[1]
+    assert losses(histories[0]) != losses(histories[2])
+
+
+@pytest.mark.slow
+def test_joblib_sweep_six_jobs_three_workers_fresh_store_repeatedly(tiny_data_cfg, tmp_path):
+    cfg = tiny_data_cfg()
+    for attempt in range(3):
+        store = tmp_path / f"store{attempt}"
+        result = run_module(
+            "pipeline.experiment",
+            "-m",
+            f"paths.root={cfg.paths.root}",
+            f"paths.mlruns_dir={store}",
+            "optimizer=sgd,adam,rmsprop",
+            "train.batch_size=16,32",
+            "train.epochs=2",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=3",
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "database is locked" not in result.stdout + result.stderr
+        client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("mnist")
+        children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+        assert len(children) == 6, f"attempt {attempt}"
+        for run in children:
+            assert run.info.status == "FINISHED"
+            for name in ("loss", "val_loss", "val_accuracy"):
+                assert len(client.get_metric_history(run.info.run_id, name)) == 2, (attempt, name)
