@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,17 @@ def load_split(cfg: DictConfig, name: str) -> Split:
             f"Processed data {path} is missing: run the preprocess stage first "
             "(dvc repro preprocess, or python -m pipeline.download && python -m pipeline.preprocess)."
         )
+    stat = path.stat()
+    return _read_split(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=3)
+def _read_split(path: Path, mtime_ns: int, size: int) -> Split:
+    """Read once per process and file version: the jobs of an in-process sweep share it."""
     with np.load(path, allow_pickle=False) as npz:
-        return Split(x=npz["x"], y=npz["y"])
+        x, y = npz["x"], npz["y"]
+    x.flags.writeable = y.flags.writeable = False  # shared between jobs: nobody may change it
+    return Split(x=x, y=y)
 
 
 def processed_checksums(cfg: DictConfig) -> dict[str, str]:

@@ -197,8 +197,6 @@ def tracked_run(
         _tag_failure(run, str(err) or type(err).__name__)
         raise
     finally:
-        with contextlib.suppress(Exception):
-            mlflow.flush_async_logging()
         mlflow.end_run(status=status)
         log.info("MLflow run %s ended %s", run.info.run_id, status)
 

@@ -29,6 +29,10 @@ from pipeline.validation import check_config, resolve_batch_size
 log = logging.getLogger(__name__)
 
 
+# Validation has no gradient step: its batch size changes nothing but speed.
+VALIDATION_BATCH_SIZE = 1000
+
+
 class DivergedError(PipelineError):
     """The training loss became NaN or infinite."""
 
@@ -80,7 +84,7 @@ def make_epoch_callback(run_id: str | None, n_train: int, history: list[dict[str
     import mlflow
 
     class EpochTracker(keras.callbacks.Callback):
-        """Per-epoch metrics to MLflow (async, off the step loop); raises on NaN/inf loss."""
+        """Per-epoch metrics to MLflow (never per step); raises on NaN/inf loss."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self._started = time.perf_counter()
@@ -92,7 +96,9 @@ def make_epoch_callback(run_id: str | None, n_train: int, history: list[dict[str
             history.append(row)
             if run_id:
                 metrics = {k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}
-                mlflow.log_metrics(metrics, step=epoch + 1, run_id=run_id, synchronous=False)
+                # One small synchronous write per epoch (~10 ms) costs less than MLflow's
+                # async queue, whose flush and shutdown add about 2 s to every run.
+                mlflow.log_metrics(metrics, step=epoch + 1, run_id=run_id)
             if not math.isfinite(row.get("loss", 0.0)):
                 self.model.stop_training = True
                 raise DivergedError(
@@ -101,6 +107,20 @@ def make_epoch_callback(run_id: str | None, n_train: int, history: list[dict[str
                 )
 
     return EpochTracker()
+
+
+def input_pipeline(split: Split, batch_size: int, shuffle_seed: int | None = None):
+    """An in-memory `tf.data` pipeline: reshuffled every epoch (seeded), batched, prefetched.
+
+    Measured faster than handing numpy arrays to `fit` (see benchmarks/README.md), with
+    the same batches in the same order for the same seed.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(split.x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def fit(cfg: DictConfig, train: Split, val: Split, run_id: str | None) -> TrainResult:
@@ -115,14 +135,12 @@ def fit(cfg: DictConfig, train: Split, val: Split, run_id: str | None) -> TrainR
     batch_size = resolve_batch_size(cfg.train.batch_size, len(train.x))
     model = compile_model(build_model(cfg, train.x.shape[1], train.y.shape[1]), cfg)
     result = TrainResult(model=model, batch_size=batch_size)
+    seed = int(cfg.train.seed)
     started = time.perf_counter()
     model.fit(
-        train.x,
-        train.y,
-        batch_size=batch_size,
+        input_pipeline(train, batch_size, shuffle_seed=seed),
         epochs=int(cfg.train.epochs),
-        validation_data=(val.x, val.y),
-        shuffle=True,
+        validation_data=input_pipeline(val, VALIDATION_BATCH_SIZE),
         verbose=keras_verbosity(cfg.train.verbose),
         callbacks=[make_epoch_callback(run_id, len(train.x), result.history)],
     )
