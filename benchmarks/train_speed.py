@@ -110,7 +110,7 @@ def peak_memory_of_training(root: Path, quick: bool) -> tuple[float, float]:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, wall
 
 
-def sweep_overhead(cfg) -> tuple[float, int] | None:
+def sweep_overhead(cfg, experiment: str) -> tuple[float, int] | None:
     """Latest sweep's wall time / sum of its runs' training seconds, and its run count."""
     from mlflow.tracking import MlflowClient
 
@@ -118,7 +118,9 @@ def sweep_overhead(cfg) -> tuple[float, int] | None:
     from pipeline.errors import PipelineError
     from pipeline.tracking import setup_tracking
 
+    cfg = cfg.copy()
     cfg.tracking.enabled = True
+    cfg.tracking.experiment = experiment  # the sweeps' experiment, not the benchmark's
     try:
         experiment_id = setup_tracking(cfg)
         client = MlflowClient()
@@ -156,6 +158,7 @@ def main() -> None:
     from pipeline.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        sweep_experiment = compose("config").tracking.experiment
         cfg = compose(
             "config",
             overrides=[
@@ -194,7 +197,7 @@ def main() -> None:
     speedup = summary["pipeline"]["samples_per_s"] / summary["reference"]["samples_per_s"]
     overhead = summary["pipeline"]["seconds"] / summary["no-track"]["seconds"] - 1
     gap = summary["pipeline"]["accuracy"] - summary["reference"]["accuracy"]
-    sweep = None if args.quick else sweep_overhead(cfg)
+    sweep = None if args.quick else sweep_overhead(cfg, sweep_experiment)
     noop = noop_repro_seconds() if not args.quick else None
 
     print(f"\n{epochs} epoch(s), {repeats} interleaved repeat(s), medians; numpy matmul limit {limit:.1f} GFLOP/s\n")

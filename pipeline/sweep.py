@@ -14,6 +14,7 @@ import atexit
 import json
 import logging
 import os
+import signal
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,7 +83,7 @@ class SweepCallback(Callback):
             self._prepare(config)
 
     def _prepare(self, config: DictConfig) -> None:
-        from pipeline.tracking import PARENT_RUN_ENV
+        from pipeline.tracking import PARENT_RUN_ENV, raise_terminated
 
         overrides = sweep_overrides(config)
         jobs = expand_grid(overrides)
@@ -98,7 +99,9 @@ class SweepCallback(Callback):
             return
         self.parent_run_id = self._start_parent(config, overrides, jobs)
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        # Ctrl-C or SIGTERM between or inside jobs: the parent still gets a final status.
         atexit.register(self._end_parent_if_open, "KILLED")
+        signal.signal(signal.SIGTERM, raise_terminated)
 
     def _start_parent(self, config: DictConfig, overrides: list[str], jobs: list[list[str]]) -> str:
         # Creating the store and experiment here, once, keeps parallel first use from racing.

@@ -145,15 +145,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def raise_terminated(signum, frame) -> None:
+    """Signal handler: turn SIGTERM into `Terminated`, so `finally` blocks and atexit run."""
+    raise Terminated(f"received signal {signum}")
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block, SIGTERM raises `Terminated` so runs and files are closed properly."""
-
-    def handler(signum, frame):
-        raise Terminated(f"received signal {signum}")
-
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return

@@ -68,21 +68,27 @@ def tiny_npz(tmp_path: Path) -> Path:
     return path
 
 
+def compose_config(root: Path, *overrides: str) -> DictConfig:
+    """The real config with every path under `root` and a SQLite store there."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"paths.root={root}", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.tracking.uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return cfg
+
+
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose the real config with every path under tmp_path and a tmp SQLite store."""
 
     def _compose(*overrides: str, root: Path | None = None) -> DictConfig:
-        root = root or tmp_path / "project"
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[f"paths.root={root}", *overrides])
-        with open_dict(cfg):
-            cfg.tracking.uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-        return cfg
+        return compose_config(root or tmp_path / "project", *overrides)
 
-    yield _compose
-    GlobalHydra.instance().clear()
+    return _compose
 
 
 @pytest.fixture

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+from conftest import compose_config
 
-from pipeline.config import CONFIG_DIR
 from pipeline.download import download_dataset
 from pipeline.preprocess import preprocess_dataset
 
@@ -21,14 +18,7 @@ TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 @pytest.fixture(scope="module")
 def real_cfg(tmp_path_factory):
-    root = tmp_path_factory.mktemp("real")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root={root}"])
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.tracking.uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    return cfg
+    return compose_config(tmp_path_factory.mktemp("real"))
 
 
 def test_pypi_mirror_delivers_mnist(real_cfg):

@@ -117,6 +117,31 @@ def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, s
     assert paths.history.read_bytes() == b"previous"
 
 
+def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "optimizer=sgd,adam"]
+        + ["train.epochs=100000", "train.batch_size=8"],
+        cwd=PACKAGE_CHECKOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        if line.startswith("Epoch 2/") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.stdout.read()
+    assert proc.wait(timeout=60) != 0
+    _, runs = all_runs(cfg)
+    children = {r.info.run_name: r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
+    parents = [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert children == {"sgd-bs8": "KILLED"}, "the job under way; the next one never started"
+    assert parents == ["KILLED"]
+
+
 def test_crash_while_writing_keeps_the_old_file(tmp_path):
     target = tmp_path / "train.npz"
     write_npz(target, {"x": np.ones(10)})

@@ -7,13 +7,16 @@ import json
 import mlflow
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import compose_config, run_module, tiny_arrays
 from mlflow.tracking import MlflowClient
 
+from pipeline.atomic import write_npz
 from pipeline.data import OutputPaths, load_split
+from pipeline.download import download_dataset
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
 from pipeline.experiment import run_experiment
+from pipeline.preprocess import preprocess_dataset
 from pipeline.tracking import tracking_uri, use_store
 from pipeline.train import train
 
@@ -25,32 +28,10 @@ def client_for(cfg) -> MlflowClient:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny train + evaluate shared by the assertions below (TensorFlow is slow to start)."""
-    from conftest import tiny_arrays
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from pipeline.atomic import write_npz
-    from pipeline.config import CONFIG_DIR
-    from pipeline.download import download_dataset
-    from pipeline.preprocess import preprocess_dataset
-
     tmp = tmp_path_factory.mktemp("trained")
     write_npz(tmp / "tiny.npz", tiny_arrays())
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"paths.root={tmp}",
-                f"dataset.mirrors=[{{url: '{tmp / 'tiny.npz'}', sha256: null}}]",
-                "train.epochs=2",
-                "train.batch_size=32",
-            ],
-        )
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.tracking.uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    mirror = f"dataset.mirrors=[{{url: '{tmp / 'tiny.npz'}', sha256: null}}]"
+    cfg = compose_config(tmp, mirror, "train.epochs=2", "train.batch_size=32")
     download_dataset(cfg)
     preprocess_dataset(cfg)
     result = train(cfg)
