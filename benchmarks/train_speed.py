@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,8 +51,24 @@ def load_arrays(cfg, quick: bool) -> dict[str, np.ndarray]:
     return splits
 
 
-def reference_script(x, y, x_test, y_test, epochs: int) -> tuple[float, float]:
-    """The plain Keras script everyone starts from; returns (fit seconds, test accuracy)."""
+def epoch_timer():
+    """A callback that only records each epoch's wall time (changes nothing in training)."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._started)
+
+    timer = EpochTimer()
+    timer.seconds = []
+    return timer
+
+
+def reference_script(x, y, x_test, y_test, epochs: int) -> tuple[float, float, list[float]]:
+    """The plain Keras script everyone starts from: (fit seconds, test accuracy, epoch seconds)."""
     import keras
     from keras import layers
 
@@ -61,14 +76,15 @@ def reference_script(x, y, x_test, y_test, epochs: int) -> tuple[float, float]:
         [keras.Input((784,)), layers.Dense(512, activation="relu"), layers.Dense(10, activation="softmax")]
     )
     model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    timer = epoch_timer()
     started = time.perf_counter()
-    model.fit(x, y, epochs=epochs, batch_size=128, verbose=0)
+    model.fit(x, y, epochs=epochs, batch_size=128, verbose=0, callbacks=[timer])
     seconds = time.perf_counter() - started
-    return seconds, float(model.evaluate(x_test, y_test, verbose=0)[1])
+    return seconds, float(model.evaluate(x_test, y_test, verbose=0)[1]), timer.seconds
 
 
-def pipeline_training(cfg, splits, tracking: bool) -> tuple[float, float]:
-    """pipeline.train.fit under a tracked run (or none); returns (fit seconds, test accuracy)."""
+def pipeline_training(cfg, splits, tracking: bool) -> tuple[float, float, list[float]]:
+    """pipeline.train.fit under a tracked run (or none): (fit seconds, test accuracy, epoch seconds)."""
     from pipeline.data import Split
     from pipeline.tracking import tracked_run
     from pipeline.train import fit
@@ -77,7 +93,8 @@ def pipeline_training(cfg, splits, tracking: bool) -> tuple[float, float]:
     train, val, test = (Split(*splits[k]) for k in ("train", "val", "test"))
     with tracked_run(cfg, run_name="benchmark") as run:
         result = fit(cfg, train, val, run.info.run_id if run else None)
-    return result.train_seconds, float(result.model.evaluate(test.x, test.y, batch_size=1000, verbose=0)[1])
+    accuracy = float(result.model.evaluate(test.x, test.y, batch_size=1000, verbose=0)[1])
+    return result.train_seconds, accuracy, [row["epoch_seconds"] for row in result.history]
 
 
 def matmul_limit(batch: int = 128, seconds: float = 3.0) -> float:
@@ -105,9 +122,16 @@ def peak_memory_of_training(root: Path, quick: bool) -> tuple[float, float]:
         if quick:
             overrides.append("train.epochs=1")
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline.train", *overrides], cwd=ROOT, check=True, capture_output=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.train", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL
+        )
+        # wait4: the rusage of this child alone. RUSAGE_CHILDREN would also count any
+        # short-lived fork of this (large) benchmark process, e.g. MLflow calling git.
+        _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, wall
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit("python -m pipeline.train failed")
+    return usage.ru_maxrss / 1024**2, wall
 
 
 def sweep_overhead(cfg, experiment: str) -> tuple[float, int] | None:
@@ -175,7 +199,7 @@ def main() -> None:
     x_all = np.concatenate([splits["train"][0], splits["val"][0]])
     y_all = np.concatenate([splits["train"][1], splits["val"][1]])
     n_pipeline = len(splits["train"][0])
-    results: dict[str, list[tuple[float, float]]] = {"reference": [], "pipeline": [], "no-track": []}
+    results: dict[str, list[tuple[float, float, list[float]]]] = {"reference": [], "pipeline": [], "no-track": []}
     for _ in range(repeats):  # interleaved: A B C A B C ...
         results["reference"].append(reference_script(x_all, y_all, *splits["test"], epochs))
         results["pipeline"].append(pipeline_training(cfg, splits, tracking=True))
@@ -184,28 +208,46 @@ def main() -> None:
     limit = matmul_limit(seconds=1.0 if args.quick else 3.0)
     rows, summary = [], {}
     for name, runs in results.items():
-        seconds = statistics.median(s for s, _ in runs)
-        accuracy = statistics.median(a for _, a in runs)
-        samples = (len(x_all) if name == "reference" else n_pipeline) * epochs
+        seconds = statistics.median(s for s, _, _ in runs)
+        accuracy = statistics.median(a for _, a, _ in runs)
+        per_epoch = len(x_all) if name == "reference" else n_pipeline
+        samples = per_epoch * epochs
         gflops = samples * FLOP_PER_SAMPLE / seconds / 1e9
-        summary[name] = {"seconds": seconds, "samples_per_s": samples / seconds, "gflops": gflops, "accuracy": accuracy}
+        # Steady state: the epochs after the first, which also pays for tracing and compiling.
+        later = [t for _, _, times in runs for t in times[1:]] or [t for _, _, times in runs for t in times]
+        steady = per_epoch / statistics.median(later)
+        summary[name] = {
+            "seconds": seconds,
+            "samples_per_s": samples / seconds,
+            "steady_samples_per_s": steady,
+            "gflops": gflops,
+            "accuracy": accuracy,
+        }
         share = 100 * gflops / limit
         rows.append(
-            f"| {name} | {seconds:.2f} | {samples / seconds:,.0f} | {gflops:.1f} | {share:.0f} % | {accuracy:.4f} |"
+            f"| {name} | {seconds:.2f} | {samples / seconds:,.0f} | {steady:,.0f} | {gflops:.1f} | {share:.0f} % "
+            f"| {accuracy:.4f} |"
         )
     rss_gb, train_wall = peak_memory_of_training(args.root, args.quick)
     speedup = summary["pipeline"]["samples_per_s"] / summary["reference"]["samples_per_s"]
+    steady_speedup = summary["pipeline"]["steady_samples_per_s"] / summary["reference"]["steady_samples_per_s"]
     overhead = summary["pipeline"]["seconds"] / summary["no-track"]["seconds"] - 1
     gap = summary["pipeline"]["accuracy"] - summary["reference"]["accuracy"]
     sweep = None if args.quick else sweep_overhead(cfg, sweep_experiment)
     noop = noop_repro_seconds() if not args.quick else None
 
     print(f"\n{epochs} epoch(s), {repeats} interleaved repeat(s), medians; numpy matmul limit {limit:.1f} GFLOP/s\n")
-    print("| variant | fit seconds | samples/s | GFLOP/s | of limit | test accuracy |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | fit seconds | samples/s | samples/s after epoch 1 | GFLOP/s | of limit | test accuracy |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     checks = [
         ("pipeline / reference throughput", f"{speedup:.2f}x", speedup >= TARGETS["speedup"], ">= 1.8x"),
+        (
+            "the same after epoch 1 (compiled)",
+            f"{steady_speedup:.2f}x",
+            steady_speedup >= TARGETS["speedup"],
+            ">= 1.8x",
+        ),
         (
             "test accuracy pipeline - reference",
             f"{100 * gap:+.2f} points",
