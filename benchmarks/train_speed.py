@@ -125,13 +125,20 @@ def peak_memory_of_training(root: Path, quick: bool) -> tuple[float, float]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.train", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL
         )
-        # wait4: the rusage of this child alone. RUSAGE_CHILDREN would also count any
-        # short-lived fork of this (large) benchmark process, e.g. MLflow calling git.
-        _, status, usage = os.wait4(proc.pid, 0)
+        # The child's own high-water mark (VmHWM), polled while it runs: getrusage's
+        # maxrss would also count the pages it shared with this large process at fork.
+        peak_kb = 0
+        while proc.poll() is None:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
+            except (OSError, IndexError, ValueError):
+                pass
+            time.sleep(0.05)
         wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    if proc.returncode != 0:
         sys.exit("python -m pipeline.train failed")
-    return usage.ru_maxrss / 1024**2, wall
+    return peak_kb / 1024**2, wall
 
 
 def sweep_overhead(cfg, experiment: str) -> tuple[float, int] | None:
