@@ -47,6 +47,8 @@ def repo(tmp_path: Path) -> tuple[Path, dict]:
     write_npz(tmp_path / "tiny.npz", tiny_arrays())
     edit_yaml(repo / "conf/dataset/mnist.yaml", mirrors=[{"url": str(tmp_path / "tiny.npz"), "sha256": None}])
     edit_yaml(repo / "conf/train/default.yaml", epochs=1, batch_size=32)
+    preset = repo / "conf/sweep/optimizers_x_batch_sizes.yaml"  # a 2-job grid keeps the test short
+    preset.write_text(preset.read_text().replace("sgd,momentum,rmsprop,adam", "sgd,adam").replace("32,128,512", "32"))
     bin_dir = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MNIST_PIPELINE_"))}
     env.update(
@@ -67,8 +69,10 @@ def repo(tmp_path: Path) -> tuple[Path, dict]:
 def test_dvc_repro_runs_all_stages_then_nothing(repo):
     repo, env = repo
     first = sh("dvc", "repro", cwd=repo, env=env).stdout
-    for stage in ("download", "preprocess", "train", "evaluate"):
+    for stage in ("download", "preprocess", "train", "evaluate", "sweep", "compare"):
         assert f"Running stage '{stage}'" in first
+    summary = json.loads((repo / "reports/sweep/summary.json").read_text())
+    assert (summary["runs"], summary["finished"]) == (2, 2)
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert (repo / "models/model.keras").is_file()
@@ -77,10 +81,10 @@ def test_dvc_repro_runs_all_stages_then_nothing(repo):
     shown = sh("dvc", "metrics", "show", "--json", cwd=repo, env=env).stdout
     assert "test_accuracy" in shown
 
-    # Editing an optimizer invalidates train (and so evaluate, which reads its model),
-    # not download and preprocess.
+    # Editing an optimizer invalidates train (and so evaluate, which reads its model) and
+    # the sweep (and so compare), not download and preprocess.
     edit_yaml(repo / "conf/optimizer/rmsprop.yaml", learning_rate=0.002)
-    assert changed_stages(repo, env) == {"train"}
+    assert changed_stages(repo, env) == {"train", "sweep"}
 
     # Editing the validation fraction reruns preprocess (and what depends on its data), not download.
     edit_yaml(repo / "conf/split/default.yaml", val_fraction=0.2)
