@@ -11,7 +11,6 @@ and records the sweep in `<reports_dir>/sweep/sweep.json` for `pipeline.compare`
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import signal
@@ -172,9 +171,3 @@ def _params(values: dict[str, Any]) -> list:
 def record_path(cfg: DictConfig):
     """Where the latest sweep is recorded."""
     return project_path(cfg, "reports_dir") / "sweep" / "sweep.json"
-
-
-def read_record(cfg: DictConfig) -> dict | None:
-    """The latest sweep's record, if any."""
-    path = record_path(cfg)
-    return json.loads(path.read_text()) if path.is_file() else None

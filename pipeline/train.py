@@ -114,11 +114,12 @@ def fit(cfg: DictConfig, train: Split, val: Split, run_id: str | None) -> TrainR
     from pipeline.model import build_model, compile_model
 
     threads = configure_tensorflow(cfg)
+    batch_size = resolve_batch_size(cfg.train.batch_size, len(train.x))
     if run_id:
         import mlflow
 
-        mlflow.set_tag("tf.intra_op_threads", str(threads or os.cpu_count()))
-    batch_size = resolve_batch_size(cfg.train.batch_size, len(train.x))
+        # What `full` and the thread share resolved to in this run.
+        mlflow.set_tags({"tf.intra_op_threads": str(threads or os.cpu_count()), "train.batch_samples": str(batch_size)})
     model = compile_model(build_model(cfg, train.x.shape[1], train.y.shape[1]), cfg)
     result = TrainResult(model=model, batch_size=batch_size)
     started = time.perf_counter()

@@ -59,6 +59,7 @@ def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg)
         optimizer, batch = run.info.run_name.split("-bs")
         assert run.data.params["optimizer.name"] == optimizer
         assert run.data.params["train.batch_size"] == batch
+        assert run.data.tags["train.batch_samples"] == batch
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
         assert "test_accuracy" in run.data.metrics
     record = json.loads((root / "reports/sweep/sweep.json").read_text())

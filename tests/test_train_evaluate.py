@@ -117,6 +117,15 @@ def test_experiment_is_one_run_with_training_and_test_metrics(tiny_data_cfg):
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
+def test_full_batch_is_one_step_per_epoch_over_the_training_set(tiny_data_cfg):
+    cfg = tiny_data_cfg("train.batch_size=full", "optimizer=sgd")
+    metrics = run_experiment(cfg)
+    run = client_for(cfg).get_run(metrics["run_id"])
+    assert run.info.run_name == "sgd-bsfull"
+    assert run.data.params["train.batch_size"] == "full"
+    assert run.data.tags["train.batch_samples"] == "320", "400 images less the 20 % validation split"
+
+
 def test_missing_processed_data_says_which_stage(compose_cfg):
     with pytest.raises(PipelineError, match="run the preprocess stage first"):
         train(compose_cfg())
