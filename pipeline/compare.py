@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.config import project_path
 from pipeline.errors import PipelineError, exit_on_pipeline_error
+from pipeline.evaluate import pyplot
 from pipeline.sweep import SWEEP_ROLE_TAG
 
 log = logging.getLogger(__name__)
@@ -145,24 +146,15 @@ def winner_line(table: pd.DataFrame) -> str:
     )
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _figure().close(fig)
+    pyplot().close(fig)
 
 
 def style_maps(table: pd.DataFrame) -> tuple[dict, dict]:
     """Colour per optimizer and line style per batch size, shared by every plot."""
-    plt = _figure()
+    plt = pyplot()
     colors = plt.get_cmap("tab10").colors
     optimizers = sorted(table["optimizer"].dropna().unique())
     batches = sorted(table["batch_size"].dropna().unique(), key=batch_order)
@@ -174,7 +166,7 @@ def style_maps(table: pd.DataFrame) -> tuple[dict, dict]:
 
 def plot_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
     """Validation loss and accuracy of every run on shared axes."""
-    plt = _figure()
+    plt = pyplot()
     color, style = style_maps(table)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for name, run in curves.groupby("run_name", sort=True):
@@ -193,7 +185,7 @@ def plot_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
 
 def plot_heatmap(pivot: pd.DataFrame, path: Path) -> None:
     """Test accuracy over optimizer x batch size."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(pivot.columns), 1.2 + 0.7 * len(pivot.index)))
     image = ax.imshow(pivot.to_numpy(dtype=float), cmap="viridis", aspect="auto")
     for i in range(len(pivot.index)):
@@ -210,7 +202,7 @@ def plot_heatmap(pivot: pd.DataFrame, path: Path) -> None:
 
 def plot_accuracy_vs_time(table: pd.DataFrame, path: Path) -> None:
     """Test accuracy against training time, one point per finished run."""
-    plt = _figure()
+    plt = pyplot()
     color, _ = style_maps(table)
     done = table.dropna(subset=["test_accuracy", "train_seconds"])
     fig, ax = plt.subplots(figsize=(7, 4.8))

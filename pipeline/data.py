@@ -14,6 +14,9 @@ from pipeline.config import project_path
 from pipeline.errors import PipelineError
 from pipeline.preprocess import processed_paths
 
+# Batch size for validation and test passes: no gradient step, so only speed depends on it.
+INFERENCE_BATCH_SIZE = 1000
+
 
 @dataclass(frozen=True)
 class Split:

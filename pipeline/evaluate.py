@@ -15,13 +15,21 @@ import numpy as np
 from omegaconf import DictConfig
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.data import OutputPaths, Split, load_split
+from pipeline.data import INFERENCE_BATCH_SIZE, OutputPaths, Split, load_split
 from pipeline.errors import PipelineError, exit_on_pipeline_error
 from pipeline.tracking import tracked_run
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH_SIZE = 1000  # only speed depends on it: evaluation has no gradient steps
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (stages run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -31,8 +39,8 @@ def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) 
 
 def measure(model: Any, test: Split) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Test metrics, true labels and predicted labels."""
-    loss, accuracy = model.evaluate(test.x, test.y, batch_size=EVAL_BATCH_SIZE, verbose=0)[:2]
-    predicted = model.predict(test.x, batch_size=EVAL_BATCH_SIZE, verbose=0).argmax(axis=1)
+    loss, accuracy = model.evaluate(test.x, test.y, batch_size=INFERENCE_BATCH_SIZE, verbose=0)[:2]
+    predicted = model.predict(test.x, batch_size=INFERENCE_BATCH_SIZE, verbose=0).argmax(axis=1)
     true = test.y.argmax(axis=1)
     metrics = {
         "test_loss": float(loss),
@@ -45,11 +53,7 @@ def measure(model: Any, test: Split) -> tuple[dict[str, float], np.ndarray, np.n
 
 def plot_confusion_matrix(matrix: np.ndarray, path) -> None:
     """A labelled heatmap of the confusion matrix."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     k = len(matrix)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     image = ax.imshow(np.log1p(matrix), cmap="Blues")
@@ -71,11 +75,7 @@ def plot_misclassified(test: Split, true: np.ndarray, predicted: np.ndarray, pat
     Drawn as one mosaic image (one axes, not one per digit): ten times faster, which
     matters once per sweep job.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     wrong = np.flatnonzero(true != predicted)[:limit]
     cols, side, pad = 6, int(round(np.sqrt(test.x.shape[1]))), 4
     rows = max(1, -(-len(wrong) // cols))

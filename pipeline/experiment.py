@@ -34,8 +34,7 @@ def run_experiment(cfg: DictConfig, paths: OutputPaths | None = None, parent_run
     check_config(cfg)
     paths = paths or OutputPaths.for_stages(cfg)
     train, val, test = (load_split(cfg, name) for name in ("train", "val", "test"))
-    tags = {"sweep.parent_run_id": parent_run_id} if parent_run_id else None
-    with tracked_run(cfg, run_name=run_name(cfg), parent_run_id=parent_run_id, tags=tags) as run:
+    with tracked_run(cfg, run_name=run_name(cfg), parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id if run else None
         if run_id:
             log_run_context(cfg, run_id)

@@ -171,7 +171,6 @@ def tracked_run(
     run_name: str | None = None,
     run_id: str | None = None,
     parent_run_id: str | None = None,
-    tags: Mapping[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun | None]:
     """Start (or resume, with `run_id`) an MLflow run that always ends with a final status.
 
@@ -184,7 +183,7 @@ def tracked_run(
             yield None
         return
     setup_tracking(cfg)
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags or {}))
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, parent_run_id=parent_run_id)
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         with sigterm_raises():

@@ -21,16 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.config import THREADS_ENV
-from pipeline.data import OutputPaths, Split, load_split, processed_checksums
+from pipeline.data import INFERENCE_BATCH_SIZE, OutputPaths, Split, load_split, processed_checksums
 from pipeline.errors import PipelineError, exit_on_pipeline_error
 from pipeline.tracking import flat_params, git_state, package_versions, tracked_run
 from pipeline.validation import check_config, resolve_batch_size
 
 log = logging.getLogger(__name__)
-
-
-# Validation has no gradient step: its batch size changes nothing but speed.
-VALIDATION_BATCH_SIZE = 1000
 
 
 class DivergedError(PipelineError):
@@ -131,7 +127,7 @@ def fit(cfg: DictConfig, train: Split, val: Split, run_id: str | None) -> TrainR
         batch_size=batch_size,
         epochs=int(cfg.train.epochs),
         validation_data=(val.x, val.y),
-        validation_batch_size=VALIDATION_BATCH_SIZE,
+        validation_batch_size=INFERENCE_BATCH_SIZE,
         shuffle=True,
         verbose=keras_verbosity(cfg.train.verbose),
         callbacks=[make_epoch_callback(run_id, len(train.x), result.history)],
