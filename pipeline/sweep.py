@@ -3,9 +3,11 @@
 Before any job starts, `SweepCallback` expands the grid exactly as Hydra's basic
 sweeper will, composes and validates every job's config (so a bad value fails the
 whole sweep at once, not job 7 of 12), creates the MLflow store and a parent run, and
-hands the parent's id to the jobs through `PARENT_RUN_ENV`. For parallel launchers it
-divides the CPU cores among the jobs. When the sweep ends it closes the parent run
-and records the sweep in `<reports_dir>/sweep/sweep.json` for `pipeline.compare`.
+hands the parent's id to each job through `PARENT_RUN_ENV`, set in the job's own process
+(in-process, joblib, submitit local or SLURM alike). For parallel launchers it divides
+the CPU cores among the jobs; a SLURM sweep must log to a tracking server. When the
+sweep ends it closes the parent run and records the sweep in
+`<reports_dir>/sweep/sweep.json` for `pipeline.compare`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from omegaconf import DictConfig
 
 from pipeline.atomic import write_json
 from pipeline.config import THREADS_ENV, project_path
-from pipeline.errors import exit_on_pipeline_error
+from pipeline.errors import PipelineError, exit_on_pipeline_error
 from pipeline.validation import check_config
 
 log = logging.getLogger(__name__)
@@ -58,13 +60,52 @@ def compose_jobs(config: DictConfig, jobs: list[list[str]]) -> list[DictConfig]:
     return [loader.load_sweep_config(config, list(job)) for job in jobs]
 
 
-def parallel_jobs(config: DictConfig) -> int:
-    """How many jobs the launcher runs at once (1 for the in-process basic launcher)."""
-    n_jobs = config.hydra.launcher.get("n_jobs")
-    if n_jobs is None:
-        return 1
+def launcher_kind(config: DictConfig) -> str:
+    """`basic`, `joblib`, `submitit_local` or `slurm`: how the launcher places jobs."""
+    target = str(config.hydra.launcher.get("_target_", ""))
+    if target.endswith("SlurmLauncher"):
+        return "slurm"
+    if target.endswith("submitit_launcher.LocalLauncher"):
+        return "submitit_local"
+    if "joblib" in target:
+        return "joblib"
+    return "basic"
+
+
+def job_threads(config: DictConfig, n_jobs: int) -> int | None:
+    """TensorFlow threads per job so that concurrent jobs share the cores; None = TF's default.
+
+    joblib runs `n_jobs` at a time and submitit_local starts every job at once, all on
+    this machine; a SLURM job owns `cpus_per_task` cores of its node.
+    """
+    launcher = config.hydra.launcher
+    kind = launcher_kind(config)
+    if kind == "slurm":
+        return launcher.get("cpus_per_task")
     cores = os.cpu_count() or 1
-    return cores if n_jobs < 0 else max(1, int(n_jobs))
+    if kind == "submitit_local":
+        parallel = n_jobs
+    elif launcher.get("n_jobs") is not None:
+        parallel = cores if launcher.n_jobs < 0 else max(1, int(launcher.n_jobs))
+    else:
+        return None
+    parallel = min(parallel, n_jobs)
+    return max(1, cores // parallel) if parallel > 1 else None
+
+
+def check_store_reachable_from_jobs(config: DictConfig) -> None:
+    """A cluster sweep's jobs run on other machines: a SQLite file here is out of their reach."""
+    from pipeline.tracking import tracking_uri
+
+    if launcher_kind(config) != "slurm" or not config.tracking.enabled:
+        return
+    uri = tracking_uri(config)
+    if uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri:
+        raise PipelineError(
+            f"hydra/launcher=slurm runs the jobs on other machines, which cannot log to the local store {uri}. "
+            "Use a tracking server they can reach: tracking=server tracking.uri=http://<host>:5000 "
+            "(README: 'Tracking server'), or set MLFLOW_TRACKING_URI."
+        )
 
 
 class SweepCallback(Callback):
@@ -74,6 +115,7 @@ class SweepCallback(Callback):
         self.parent_run_id: str | None = None
         self.started: str | None = None
         self.jobs = 0
+        self.threads: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns a callback's exception into a warning and sweeps on; a bad value
@@ -82,22 +124,20 @@ class SweepCallback(Callback):
             self._prepare(config)
 
     def _prepare(self, config: DictConfig) -> None:
-        from pipeline.tracking import PARENT_RUN_ENV, raise_terminated
+        from pipeline.tracking import raise_terminated
 
         overrides = sweep_overrides(config)
         jobs = expand_grid(overrides)
         self.jobs = len(jobs)
         for job_cfg in compose_jobs(config, jobs):
             check_config(job_cfg)
-        n_parallel = parallel_jobs(config)
-        if n_parallel > 1:
-            threads = max(1, (os.cpu_count() or 1) // min(n_parallel, len(jobs)))
-            os.environ[THREADS_ENV] = str(threads)
-            log.info("%d parallel jobs, %d TensorFlow thread(s) each", n_parallel, threads)
+        check_store_reachable_from_jobs(config)
+        self.threads = job_threads(config, len(jobs))
+        if self.threads:
+            log.info("%s launcher: %d TensorFlow thread(s) per job", launcher_kind(config), self.threads)
         if not config.tracking.enabled:
             return
         self.parent_run_id = self._start_parent(config, overrides, jobs)
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
         # Ctrl-C or SIGTERM between or inside jobs: the parent still gets a final status.
         atexit.register(self._end_parent_if_open, "KILLED")
         signal.signal(signal.SIGTERM, raise_terminated)
@@ -124,6 +164,16 @@ class SweepCallback(Callback):
         client.log_text(run.info.run_id, "\n".join(" ".join(job) for job in jobs) + "\n", "grid.txt")
         log.info("Sweep of %d jobs; MLflow parent run %s", len(jobs), run.info.run_id)
         return run.info.run_id
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Runs in the job's own process, wherever the launcher put it (this object travels
+        # pickled with submitit), so the parent id and thread share need no shared env.
+        from pipeline.tracking import PARENT_RUN_ENV
+
+        if self.parent_run_id:
+            os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        if self.threads:
+            os.environ[THREADS_ENV] = str(self.threads)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.parent_run_id:

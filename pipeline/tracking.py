@@ -1,8 +1,9 @@
 """MLflow tracking: where the store is, one run per job, and a final status for every run.
 
 The store defaults to SQLite at `<mlruns_dir>/mlflow.db` with artifacts under
-`<mlruns_dir>/artifacts` (MLflow 3.13+ refuses the old file store); the standard
-`MLFLOW_TRACKING_URI` environment variable overrides it.
+`<mlruns_dir>/artifacts` (MLflow 3.13+ refuses the old file store); `tracking=server`
+or the standard `MLFLOW_TRACKING_URI` environment variable sends runs to a tracking
+server instead, which must answer its health check before anything is recorded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,9 +66,32 @@ def use_store(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def check_server(uri: str, timeout_s: float) -> None:
+    """Fail fast, naming `uri`, when an http(s) tracking server does not answer `/health`.
+
+    MLflow's own client retries a dead server for minutes, and would do so only after
+    the data is loaded; this check runs before a run, or a sweep's parent, is created.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: an auth proxy or an old server; MLflow reports what follows
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise PipelineError(
+            f"MLflow tracking server {uri} is not reachable ({reason}; waited at most {timeout_s:g} s). "
+            "Start it (README: 'Tracking server'), or point tracking.uri or MLFLOW_TRACKING_URI at a running "
+            "server, or use the local store: tracking=mlflow with MLFLOW_TRACKING_URI unset."
+        ) from err
+
+
 def setup_tracking(cfg: DictConfig) -> str:
     """Point MLflow at the configured store, create it and the experiment; return its id."""
     uri = tracking_uri(cfg)
+    check_server(uri, float(cfg.tracking.get("server_timeout_s", 10)))
     artifact_location = None
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))

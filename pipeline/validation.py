@@ -72,6 +72,11 @@ def check_config(cfg: DictConfig) -> None:
     split = cfg.get("split")
     if split is not None:
         check_val_fraction(split.get("val_fraction"))
+    tracking = cfg.get("tracking")
+    if tracking is not None:
+        timeout = tracking.get("server_timeout_s", 10)
+        if not (_is_number(timeout) and timeout > 0):
+            raise _bad("tracking.server_timeout_s", timeout, "a number of seconds > 0", "10")
 
 
 def check_val_fraction(value: Any) -> float:

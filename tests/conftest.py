@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +130,71 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def run_sweep(root: Path, *overrides: str, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    """A one-epoch `python -m pipeline.experiment -m` sweep of the project under `root`."""
+    result = run_module("pipeline.experiment", "-m", f"paths.root={root}", "train.epochs=1", *overrides)
+    if expect_ok:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def http_post_json(url: str, body: dict, timeout: float = 10) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def mlflow_service(command: str, *args: str, log: Path | None = None) -> Iterator[str]:
+    """Run `mlflow <command> <args> --host 127.0.0.1 --port <free>`; yield its base URL; stop it.
+
+    Its own process group: the server starts workers that must all stop at the end.
+    """
+    port = free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    out = log.open("wb") if log else subprocess.DEVNULL
+    server = subprocess.Popen(
+        [str(mlflow_cli), command, *args, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if http_get(f"{base}/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, f"mlflow {command} exited with {server.returncode}"
+            assert time.monotonic() < deadline, f"mlflow {command} did not answer /health within 120 s"
+            time.sleep(0.5)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        if log:
+            out.close()

@@ -6,20 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_module
+from conftest import run_module, run_sweep
 from mlflow.tracking import MlflowClient
 
 from pipeline.compare import compare_sweep
 from pipeline.errors import PipelineError
 from pipeline.sweep import SWEEP_ROLE_TAG, expand_grid, grid_params
 from pipeline.tracking import tracking_uri
-
-
-def sweep(root: Path, *overrides: str, expect_ok: bool = True):
-    result = run_module("pipeline.experiment", "-m", f"paths.root={root}", "train.epochs=1", *overrides)
-    if expect_ok:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def sweep_runs(cfg) -> tuple:
@@ -45,7 +38,7 @@ def test_grid_expansion_matches_hydra_order():
 def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg):
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)
-    sweep(root, "optimizer=sgd,adam", "train.batch_size=16,64")
+    run_sweep(root, "optimizer=sgd,adam", "train.batch_size=16,64")
     client, parents, children = sweep_runs(cfg)
     assert len(parents) == 1
     parent = parents[0]
@@ -99,7 +92,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tiny_data_cfg, tmp_path):
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)
     extra = failing_optimizer_dir(tmp_path)
-    sweep(root, "optimizer=sgd,broken,rmsprop,adam", "train.batch_size=32", f"hydra.searchpath=[file://{extra}]")
+    run_sweep(root, "optimizer=sgd,broken,rmsprop,adam", "train.batch_size=32", f"hydra.searchpath=[file://{extra}]")
     _, parents, children = sweep_runs(cfg)
     statuses = {r.info.run_name: r.info.status for r in children}
     assert statuses == {
@@ -123,7 +116,7 @@ def test_joblib_launcher_two_workers_fresh_store_loses_nothing(tiny_data_cfg):
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)
     assert not (root / "mlruns").exists(), "a fresh store"
-    result = sweep(
+    result = run_sweep(
         root, "optimizer=sgd,adam", "train.batch_size=16,64", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
     )
     client, parents, children = sweep_runs(cfg)
@@ -144,7 +137,7 @@ def test_joblib_launcher_two_workers_fresh_store_loses_nothing(tiny_data_cfg):
 )
 def test_bad_sweep_value_fails_before_any_job(tiny_data_cfg, override, message):
     cfg = tiny_data_cfg()
-    result = sweep(Path(cfg.paths.root), override, expect_ok=False)
+    result = run_sweep(Path(cfg.paths.root), override, expect_ok=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert "Launching" not in result.stdout + result.stderr
