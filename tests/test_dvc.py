@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_arrays
 from omegaconf import OmegaConf
 
-from pipeline.atomic import write_npz
+from pipeline.atomic import sha256_file, write_npz
 from pipeline.config import PACKAGE_CHECKOUT
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,33 @@ def repo(tmp_path: Path) -> tuple[Path, dict]:
     return repo, env
 
 
-def test_dvc_repro_runs_all_stages_then_nothing(repo):
+def cached_outputs(repo: Path) -> dict[str, str]:
+    """sha256 of every file DVC caches (data, processed tensors, model), by path."""
+    return {
+        str(path.relative_to(repo)): sha256_file(path)
+        for folder in ("data", "models")
+        for path in sorted((repo / folder).rglob("*"))
+        if path.is_file() and path.name != ".gitignore"
+    }
+
+
+def round_trip_through_remote(repo: Path, env: dict, remote: Path) -> None:
+    """Push to a local-folder remote, lose cache and outputs, pull: all back, nothing to rerun."""
+    sh("dvc", "remote", "add", "--default", "shared", str(remote), cwd=repo, env=env)
+    before = cached_outputs(repo)
+    assert "models/model.keras" in before and "data/raw/mnist.npz" in before
+    pushed = sh("dvc", "push", cwd=repo, env=env).stdout
+    assert "pushed" in pushed, pushed
+    for folder in (".dvc/cache", "data", "models"):
+        shutil.rmtree(repo / folder)
+    assert "changed outs" in sh("dvc", "status", cwd=repo, env=env).stdout
+    sh("dvc", "pull", cwd=repo, env=env)
+    assert cached_outputs(repo) == before, "the same bytes came back"
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo, env=env).stdout
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env).stdout, "no retraining"
+
+
+def test_dvc_repro_runs_all_stages_then_nothing(repo, tmp_path):
     repo, env = repo
     first = sh("dvc", "repro", cwd=repo, env=env).stdout
     for stage in ("download", "preprocess", "train", "evaluate", "sweep", "compare"):
@@ -80,6 +106,9 @@ def test_dvc_repro_runs_all_stages_then_nothing(repo):
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env).stdout
     shown = sh("dvc", "metrics", "show", "--json", cwd=repo, env=env).stdout
     assert "test_accuracy" in shown
+
+    # A teammate's machine: outputs come from the shared remote instead of retraining.
+    round_trip_through_remote(repo, env, tmp_path / "dvc-remote")
 
     # Editing an optimizer invalidates train (and so evaluate, which reads its model) and
     # the sweep (and so compare), not download and preprocess.

@@ -1,0 +1,152 @@
+"""The MLflow UI in a real browser: a sweep's parent and child runs in the runs table, their metrics as charts.
+
+Saves what it sees to reports/ui/mlflow_runs.png and reports/ui/mlflow_charts.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import http_get, mlflow_service, run_module
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import PACKAGE_CHECKOUT
+from pipeline.sweep import SWEEP_ROLE_TAG
+from pipeline.tracking import tracking_uri
+
+try:
+    from playwright.sync_api import Page, expect, sync_playwright
+except ImportError:
+    sync_playwright = None
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without these, headless Chromium hangs on the network calls this sandbox blocks.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CHILDREN = ["sgd-bs16", "sgd-bs64", "adam-bs16", "adam-bs64"]
+TABLE_COLUMNS = ["optimizer.name", "train.batch_size", "val_loss", "test_accuracy"]
+HIDDEN_COLUMNS = ["Dataset", "Source", "Models"]
+LOSS_CHARTS = ["loss", "val_loss", "test_loss"]
+SCREENSHOTS = PACKAGE_CHECKOUT / "reports" / "ui"
+FIRST_RENDER_MS = 90_000
+UI_TIMEOUT_MS = 30_000
+
+
+def require_browser() -> None:
+    """Fail in CI, skip elsewhere, when the system Chromium or Playwright is missing."""
+    missing = None
+    if not CHROMIUM.exists():
+        missing = f"{CHROMIUM} is missing: .ci/run installs it (apt-get install chromium)"
+    elif sync_playwright is None:
+        missing = "the playwright Python package is missing: pip install playwright"
+    if missing is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(missing)
+    pytest.skip(missing)
+
+
+def sweep_parent_name(cfg) -> str:
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get(SWEEP_ROLE_TAG) == "sweep"]
+    return parent.info.run_name
+
+
+def experiment_id(base: str, name: str) -> str:
+    _, body = http_get(f"{base}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name={name}")
+    return json.loads(body)["experiment"]["experiment_id"]
+
+
+def open_runs_table(page: Page, base: str, exp_id: str, parent: str) -> None:
+    """The experiment's runs table; `#/experiments/<id>` alone lands on the GenAI overview."""
+    page.goto(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning")
+    expect(page.get_by_role("link", name=parent, exact=True)).to_be_visible(timeout=FIRST_RENDER_MS)
+    assistant_close = page.locator('button[data-component-id="mlflow.assistant.chat_panel.close"]')
+    if assistant_close.count():
+        assistant_close.click()
+
+
+def expand_parent(page: Page, parent: str) -> None:
+    """Unfold the child runs: the only button in the parent's Run Name cell is its expander."""
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=parent, exact=True))
+    row.locator('[col-id="attributes.`Run Name`"] button').click()
+    for name in CHILDREN:
+        expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+
+
+def choose_columns(page: Page) -> None:
+    """Show the sweep's parameters and key metrics instead of Dataset/Source/Models; fit the run names."""
+    page.get_by_role("button", name="Columns", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    for column in HIDDEN_COLUMNS + TABLE_COLUMNS:
+        dialog.get_by_text(column, exact=True).click()
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden(timeout=UI_TIMEOUT_MS)
+    for column in TABLE_COLUMNS:
+        expect(page.get_by_role("columnheader", name=column, exact=True).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.locator('.ag-header-cell[col-id="attributes.`Run Name`"] .ag-header-cell-resize').dblclick()
+
+
+def show_loss_charts(page: Page) -> None:
+    """Chart view filtered to the loss metrics: curves for loss/val_loss, bars for test_loss."""
+    page.locator("label").filter(has=page.locator('input[name="runs-view-mode"][value="CHART"]')).click()
+    expect(page.get_by_role("heading", name="loss", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.get_by_placeholder("Search metric charts").fill("loss")
+    cards = page.get_by_test_id("experiment-view-compare-runs-card")
+    expect(cards).to_have_count(len(LOSS_CHARTS), timeout=UI_TIMEOUT_MS)
+    for title in LOSS_CHARTS:
+        expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    curves = cards.filter(has=page.get_by_role("heading", name="val_loss", exact=True))
+    expect(curves.locator("path.js-line").first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    bars = cards.filter(has=page.get_by_role("heading", name="test_loss", exact=True))
+    expect(bars.locator(".barlayer .point")).to_have_count(len(CHILDREN), timeout=UI_TIMEOUT_MS)
+    for name in CHILDREN:
+        expect(bars.get_by_text(name, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+
+
+def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg):
+    require_browser()
+
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    result = run_module(
+        "pipeline.experiment",
+        "-m",
+        f"paths.root={root}",
+        "train.epochs=2",
+        "optimizer=sgd,adam",
+        "train.batch_size=16,64",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parent = sweep_parent_name(cfg)
+    assert parent.startswith("sweep-")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    with mlflow_service("ui", "--backend-store-uri", cfg.tracking.uri) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            open_runs_table(page, base, experiment_id(base, cfg.tracking.experiment), parent)
+            expand_parent(page, parent)
+            choose_columns(page)
+            page.screenshot(path=SCREENSHOTS / "mlflow_runs.png")
+            show_loss_charts(page)
+            page.screenshot(path=SCREENSHOTS / "mlflow_charts.png")
+        finally:
+            browser.close()
