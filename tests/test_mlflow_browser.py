@@ -1,6 +1,7 @@
 """The MLflow UI in a real browser: a sweep's parent and child runs in the runs table, their metrics as charts.
 
-Saves what it sees to reports/ui/mlflow_runs.png and reports/ui/mlflow_charts.png.
+Saves what it sees to reports/ui/mlflow_runs.png, reports/ui/mlflow_charts.png and, for the sweep's
+parameters against its test accuracy as parallel coordinates, reports/ui/mlflow_parallel.png.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pipeline.sweep import SWEEP_ROLE_TAG
 from pipeline.tracking import tracking_uri
 
 try:
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import Locator, Page, expect, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 except ImportError:
     sync_playwright = None
 
@@ -40,9 +42,25 @@ CHILDREN = ["sgd-bs16", "sgd-bs64", "adam-bs16", "adam-bs64"]
 TABLE_COLUMNS = ["optimizer.name", "train.batch_size", "val_loss", "test_accuracy"]
 HIDDEN_COLUMNS = ["Dataset", "Source", "Models"]
 LOSS_CHARTS = ["loss", "val_loss", "test_loss"]
+PARALLEL_PARAMS = ["optimizer.name", "train.batch_size"]
+PARALLEL_METRIC = "test_accuracy"
 SCREENSHOTS = PACKAGE_CHECKOUT / "reports" / "ui"
 FIRST_RENDER_MS = 90_000
 UI_TIMEOUT_MS = 30_000
+# The parallel-coordinates chart draws its lines on a canvas: count the lines crossing the column a quarter
+# of the way from the first axis to the second (optimizer.name to train.batch_size, where no two runs meet).
+COUNT_LINES_JS = """wrapper => {
+  const canvas = wrapper.querySelector("canvas.foreground");
+  const axes = [...wrapper.querySelectorAll("svg g.dimension")].map(g => g.transform.baseVal.consolidate().matrix.e);
+  if (!canvas || canvas.clientWidth === 0 || axes.length < 2) return -1;
+  const x = Math.round((axes[0] + (axes[1] - axes[0]) / 4) * (canvas.width / canvas.clientWidth));
+  const pixels = canvas.getContext("2d").getImageData(x, 0, 1, canvas.height).data;
+  let lines = 0;
+  for (let y = 0; y < canvas.height; y++) {
+    if (pixels[4 * y + 3] > 0 && (y === 0 || pixels[4 * (y - 1) + 3] === 0)) lines++;
+  }
+  return lines;
+}"""
 
 
 def require_browser() -> None:
@@ -119,6 +137,59 @@ def show_loss_charts(page: Page) -> None:
         expect(bars.get_by_text(name, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
 
 
+def choose_options(page: Page, field: Locator, names: list[str]) -> None:
+    """Pick `names` in the field's multi-select. Its list is virtual and cannot be typed into: walk it with the keys."""
+    select = field.get_by_role("combobox")
+    select.click()
+    listbox = select.get_attribute("id") + "_list"
+    dropdown = page.locator('[class*="-select-dropdown"]', has=page.locator(f'[id="{listbox}"]'))
+    active = dropdown.locator('[class*="-select-item-option-active"]')
+    for name in names:
+        for _ in range(200):
+            if active.get_attribute("title") == name:
+                break
+            page.keyboard.press("ArrowDown")
+        expect(active).to_have_attribute("title", name)
+        page.keyboard.press("Enter")
+        expect(field).to_contain_text(name)
+    page.keyboard.press("Escape")
+    expect(dropdown).to_be_hidden(timeout=UI_TIMEOUT_MS)
+
+
+def expect_lines(page: Page, plot: Locator, count: int) -> None:
+    """Wait until the parallel-coordinates `plot` has drawn one line per run."""
+    try:
+        page.wait_for_function(f"el => ({COUNT_LINES_JS})(el) === {count}", arg=plot.element_handle())
+    except PlaywrightTimeoutError:
+        pytest.fail(f"the parallel coordinates show {plot.evaluate(COUNT_LINES_JS)} lines, not {count}")
+
+
+def show_parallel_coordinates(page: Page) -> None:
+    """Chart view: Add chart > Parallel coordinates over the sweep's params and test accuracy, opened full screen."""
+    search = page.get_by_placeholder("Search metric charts")
+    search.fill("")
+    page.get_by_test_id("experiment-view-compare-runs-add-chart").first.click()
+    page.get_by_test_id("experiment-view-compare-runs-chart-type-parallel").click()
+    dialog = page.get_by_role("dialog").filter(has=page.get_by_text("Add new chart", exact=True))
+    fields = dialog.get_by_test_id("experiment-view-compare-runs-config-field")
+    choose_options(page, fields.filter(has=page.get_by_role("heading", name="Params", exact=True)), PARALLEL_PARAMS)
+    choose_options(page, fields.filter(has=page.get_by_role("heading", name="Metrics", exact=True)), [PARALLEL_METRIC])
+    dialog.get_by_test_id("experiment-view-compare-runs-chart-modal-confirm").click()
+    expect(dialog).to_be_hidden(timeout=UI_TIMEOUT_MS)
+    # The new chart goes last in a section whose cards render lazily; a parameter name finds it alone.
+    search.fill(PARALLEL_PARAMS[0])
+    cards = page.get_by_test_id("experiment-view-compare-runs-card")
+    expect(cards).to_have_count(1, timeout=UI_TIMEOUT_MS)
+    card = cards.filter(has=page.get_by_role("heading", name="Parallel Coordinates", exact=True))
+    card.locator('button[data-component-id="fullscreen_button_chartcard"]').click()
+    plot = page.get_by_role("dialog").locator(".parcoords")
+    for axis in PARALLEL_PARAMS + [PARALLEL_METRIC]:
+        expect(plot.locator("svg text.label").filter(has_text=axis)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    for tick in ["adam", "sgd"]:
+        expect(plot.locator("svg g.tick text").filter(has_text=tick)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect_lines(page, plot, len(CHILDREN))
+
+
 def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg):
     require_browser()
 
@@ -148,5 +219,7 @@ def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg):
             page.screenshot(path=SCREENSHOTS / "mlflow_runs.png")
             show_loss_charts(page)
             page.screenshot(path=SCREENSHOTS / "mlflow_charts.png")
+            show_parallel_coordinates(page)
+            page.screenshot(path=SCREENSHOTS / "mlflow_parallel.png")
         finally:
             browser.close()
