@@ -68,15 +68,15 @@ def assert_sweep_on_server(base: str, experiment: str, names: set[str]) -> None:
 @pytest.mark.slow
 def test_sweep_against_a_tracking_server(tiny_data_cfg, server):
     root = Path(tiny_data_cfg().paths.root)
-    run_sweep(
-        root,
-        "tracking=server",
-        f"tracking.uri={server}",
-        "tracking.experiment=server",
-        "optimizer=sgd,adam",
-        "train.batch_size=32",
-    )
+    on_server = ("tracking=server", f"tracking.uri={server}", "tracking.experiment=server")
+    run_sweep(root, *on_server, "optimizer=sgd,adam", "train.batch_size=32")
     assert_sweep_on_server(server, "server", {"sgd-bs32", "adam-bs32"})
+    compared = run_module("pipeline.compare", f"paths.root={root}", *on_server)
+    assert compared.returncode == 0, compared.stdout[-3000:] + compared.stderr[-3000:]
+    parent, _ = experiment_runs(server, "server")
+    _, body = http_get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={parent['info']['run_id']}&path=comparison")
+    logged = {f["path"] for f in json.loads(body)["files"]}
+    assert {"comparison/runs.md", "comparison/heatmap.png", "comparison/summary.json"} <= logged
     assert not (root / "mlruns").exists(), "nothing went to the local SQLite store"
 
 
