@@ -1,8 +1,9 @@
-"""The same sweep on other engines: a real MLflow tracking server, the submitit launchers."""
+"""The same sweep on other engines: a real MLflow tracking server, submitit (local processes, SLURM)."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from pipeline.config import CONFIG_DIR
 from pipeline.errors import PipelineError
 from pipeline.sweep import SWEEP_ROLE_TAG, job_threads
 from pipeline.tracking import setup_tracking
+
+SLURM_TEST_ENV = "MNIST_PIPELINE_SLURM_TEST"
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +100,34 @@ def test_submitit_local_sweep_against_the_server(tiny_data_cfg, server):
     assert_sweep_on_server(server, "submitit", {"sgd-bs32", "adam-bs32"})
     job_logs = list((root / "logs/multirun").glob("*/.submitit/*/*_0_log.out"))
     assert len(job_logs) == 2, "each job ran in its own submitit process"
+
+
+@pytest.mark.slow
+def test_slurm_sweep_against_the_server(tiny_data_cfg, server):
+    """A real SLURM job array (the one-node cluster `.ci/local-slurm.sh` starts; `.ci/run` does)."""
+    if os.environ.get(SLURM_TEST_ENV) != "1":
+        pytest.skip(f"set {SLURM_TEST_ENV}=1 with a SLURM cluster up: .ci/local-slurm.sh starts one, .ci/run does")
+    root = Path(tiny_data_cfg().paths.root)
+    result = run_sweep(
+        root,
+        "hydra/launcher=slurm",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.timeout_min=10",
+        "tracking=server",
+        f"tracking.uri={server}",
+        "tracking.experiment=slurm",
+        "optimizer=sgd,adam",
+        "train.batch_size=32",
+    )
+    assert "Submitit 'slurm' sweep output dir" in result.stdout + result.stderr
+    assert_sweep_on_server(server, "slurm", {"sgd-bs32", "adam-bs32"})
+    parent, children = experiment_runs(server, "slurm")
+    for run in children:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert tags["tf.intra_op_threads"] == "1", "a job uses the cpus_per_task it asked for"
+    job_logs = list((root / "logs/multirun").glob("*/.submitit/*/*_log.out"))
+    assert len(job_logs) == 2, "each job ran as a SLURM array task"
 
 
 def test_submitit_local_sweep_to_the_local_store(tiny_data_cfg):
