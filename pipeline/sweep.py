@@ -100,7 +100,7 @@ def check_store_reachable_from_jobs(config: DictConfig) -> None:
     if launcher_kind(config) != "slurm" or not config.tracking.enabled:
         return
     uri = tracking_uri(config)
-    if uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri:
+    if "://" not in uri or uri.startswith(("sqlite:", "file:")):
         raise PipelineError(
             f"hydra/launcher=slurm runs the jobs on other machines, which cannot log to the local store {uri}. "
             "Use a tracking server they can reach: tracking=server tracking.uri=http://<host>:5000 "

@@ -91,7 +91,7 @@ def check_server(uri: str, timeout_s: float) -> None:
 def setup_tracking(cfg: DictConfig) -> str:
     """Point MLflow at the configured store, create it and the experiment; return its id."""
     uri = tracking_uri(cfg)
-    check_server(uri, float(cfg.tracking.get("server_timeout_s", 10)))
+    check_server(uri, float(cfg.tracking.server_timeout_s))
     artifact_location = None
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))

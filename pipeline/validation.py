@@ -74,7 +74,7 @@ def check_config(cfg: DictConfig) -> None:
         check_val_fraction(split.get("val_fraction"))
     tracking = cfg.get("tracking")
     if tracking is not None:
-        timeout = tracking.get("server_timeout_s", 10)
+        timeout = tracking.server_timeout_s
         if not (_is_number(timeout) and timeout > 0):
             raise _bad("tracking.server_timeout_s", timeout, "a number of seconds > 0", "10")
 

@@ -74,14 +74,19 @@ def tiny_npz(tmp_path: Path) -> Path:
     return path
 
 
-def compose_config(root: Path, *overrides: str) -> DictConfig:
-    """The real config with every path under `root` and a SQLite store there."""
+def compose_hydra(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """The real config as the stages compose it (with `hydra.*` when asked), nothing changed."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[f"paths.root={root}", *overrides])
+            return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()
+
+
+def compose_config(root: Path, *overrides: str) -> DictConfig:
+    """The real config with every path under `root` and a SQLite store there."""
+    cfg = compose_hydra(f"paths.root={root}", *overrides)
     with open_dict(cfg):
         cfg.tracking.uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     return cfg

@@ -9,11 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import http_get, http_post_json, mlflow_service, run_module, run_sweep
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_hydra, http_get, http_post_json, mlflow_service, run_module, run_sweep
 
-from pipeline.config import CONFIG_DIR
 from pipeline.errors import PipelineError
 from pipeline.sweep import SWEEP_ROLE_TAG, job_threads
 from pipeline.tracking import setup_tracking
@@ -38,6 +35,11 @@ def server(tmp_path_factory) -> str:
         yield base
 
 
+def on_server(server: str, experiment: str) -> tuple[str, ...]:
+    """Overrides that send a command's runs to `server`, in their own experiment."""
+    return ("tracking=server", f"tracking.uri={server}", f"tracking.experiment={experiment}")
+
+
 def experiment_runs(base: str, experiment: str) -> tuple[dict, list[dict]]:
     """(parent, children) of the experiment's only sweep, read through the server's REST API."""
     api = f"{base}/api/2.0/mlflow"
@@ -52,7 +54,8 @@ def experiment_runs(base: str, experiment: str) -> tuple[dict, list[dict]]:
     return parents[0], children
 
 
-def assert_sweep_on_server(base: str, experiment: str, names: set[str]) -> None:
+def assert_sweep_on_server(base: str, experiment: str, names: set[str]) -> tuple[dict, list[dict]]:
+    """One FINISHED parent with FINISHED children `names`, their curves and artifacts; returns both."""
     parent, children = experiment_runs(base, experiment)
     assert parent["info"]["status"] == "FINISHED"
     assert {run["info"]["run_name"] for run in children} == names
@@ -66,17 +69,16 @@ def assert_sweep_on_server(base: str, experiment: str, names: set[str]) -> None:
         # Artifacts travel through the server's proxy, not a path on this machine.
         status, png = http_get(f"{base}/get-artifact?path=evaluation/confusion_matrix.png&run_uuid={run_id}")
         assert status == 200 and png[:4] == b"\x89PNG"
+    return parent, children
 
 
 @pytest.mark.slow
 def test_sweep_against_a_tracking_server(tiny_data_cfg, server):
     root = Path(tiny_data_cfg().paths.root)
-    on_server = ("tracking=server", f"tracking.uri={server}", "tracking.experiment=server")
-    run_sweep(root, *on_server, "optimizer=sgd,adam", "train.batch_size=32")
-    assert_sweep_on_server(server, "server", {"sgd-bs32", "adam-bs32"})
-    compared = run_module("pipeline.compare", f"paths.root={root}", *on_server)
+    run_sweep(root, *on_server(server, "server"), "optimizer=sgd,adam", "train.batch_size=32")
+    parent, _ = assert_sweep_on_server(server, "server", {"sgd-bs32", "adam-bs32"})
+    compared = run_module("pipeline.compare", f"paths.root={root}", *on_server(server, "server"))
     assert compared.returncode == 0, compared.stdout[-3000:] + compared.stderr[-3000:]
-    parent, _ = experiment_runs(server, "server")
     _, body = http_get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={parent['info']['run_id']}&path=comparison")
     logged = {f["path"] for f in json.loads(body)["files"]}
     assert {"comparison/runs.md", "comparison/heatmap.png", "comparison/summary.json"} <= logged
@@ -90,9 +92,7 @@ def test_submitit_local_sweep_against_the_server(tiny_data_cfg, server):
     result = run_sweep(
         root,
         "hydra/launcher=submitit_local",
-        "tracking=server",
-        f"tracking.uri={server}",
-        "tracking.experiment=submitit",
+        *on_server(server, "submitit"),
         "optimizer=sgd,adam",
         "train.batch_size=32",
     )
@@ -114,15 +114,12 @@ def test_slurm_sweep_against_the_server(tiny_data_cfg, server):
         "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.mem_gb=1",
         "hydra.launcher.timeout_min=10",
-        "tracking=server",
-        f"tracking.uri={server}",
-        "tracking.experiment=slurm",
+        *on_server(server, "slurm"),
         "optimizer=sgd,adam",
         "train.batch_size=32",
     )
     assert "Submitit 'slurm' sweep output dir" in result.stdout + result.stderr
-    assert_sweep_on_server(server, "slurm", {"sgd-bs32", "adam-bs32"})
-    parent, children = experiment_runs(server, "slurm")
+    _, children = assert_sweep_on_server(server, "slurm", {"sgd-bs32", "adam-bs32"})
     for run in children:
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         assert tags["tf.intra_op_threads"] == "1", "a job uses the cpus_per_task it asked for"
@@ -188,12 +185,7 @@ def test_environment_variable_overrides_the_server_config(monkeypatch, tmp_path)
 
 
 def hydra_config(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=list(overrides), return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_hydra(*overrides, return_hydra_config=True)
 
 
 def test_slurm_launcher_takes_resources_from_config():
@@ -207,16 +199,15 @@ def test_slurm_launcher_takes_resources_from_config():
 @pytest.mark.parametrize(
     ("overrides", "jobs", "threads"),
     [
-        ((), 4, None),
-        (("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"), 4, "half"),
-        (("hydra/launcher=submitit_local",), 2, "half"),
+        ((), 4, None),  # one job at a time: TensorFlow's default (all cores)
+        (("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"), 4, 4),
+        (("hydra/launcher=submitit_local",), 2, 4),
         (("hydra/launcher=submitit_local",), 1, None),
     ],
 )
 def test_parallel_jobs_share_the_cores(overrides, jobs, threads, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    expected = {"half": 4, None: None}[threads]
-    assert job_threads(hydra_config(*overrides), jobs) == expected
+    assert job_threads(hydra_config(*overrides), jobs) == threads
 
 
 def test_slurm_sweep_refuses_the_local_store(tmp_path):
