@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,60 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def check_writable(folders: list[Path]) -> None:
+    """Fail now, naming the folder, if an output folder cannot be written (not after training)."""
+    from pipeline.errors import PipelineError
+
+    for folder in folders:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise PipelineError(
+                f"Cannot write to {folder} ({err.strerror or err}): make it writable (and check free space), "
+                "or point paths.* at another folder. Nothing was started."
+            ) from err
+
+
+def write_together(writers: dict[Path, Callable[[Path], None]]) -> None:
+    """Write several files as one unit: all of them are replaced, or none is.
+
+    Each writer fills a temporary file beside its target; only when every writer has
+    succeeded are the files renamed into place (renames that cannot fail for want of
+    space or permission). If any writer fails, no target changes and the temporary
+    files are removed. A folder that cannot be written is named in the error.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, write in writers.items():
+            target = Path(target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+            except OSError as err:
+                from pipeline.errors import PipelineError
+
+                raise PipelineError(
+                    f"Cannot write {target} ({err.strerror or err}): make {target.parent} writable "
+                    "(and check free space); nothing was replaced."
+                ) from err
+            os.close(fd)
+            staged.append((Path(tmp), target))
+            write(Path(tmp))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp, target in staged:
+            tmp.chmod(0o666 & ~umask)
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:

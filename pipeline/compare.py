@@ -1,289 +1,342 @@
-"""Compare stage: summarise a sweep's child runs into tables and plots, and log them.
+"""Compare stage: summarise the sweep recorded in `sweep.json`, noise-aware, into tables and plots.
 
-`python -m pipeline.compare` (the latest sweep) or `... compare.parent_run_id=<id>`.
-Reads the children with `mlflow.search_runs` and their metric histories, writes to
-`<reports_dir>/sweep/`: `runs.csv` / `runs.md` (one row per run, plus the pivot of test
-accuracy by optimizer x batch size), `pivot.csv`, `summary.json` (the winner), `curves.csv`
-(every run's validation curves, long format, for `dvc plots`), and `curves.png`, `heatmap.png`,
-`accuracy_vs_time.png`. The same files are logged to the parent run.
+`python -m pipeline.compare` reads the parent run named by `<reports_dir>/sweep/sweep.json`
+(the sweep stage's output; or `compare.parent_run_id=<id>`), refuses a sweep that did not
+finish, and writes to `<reports_dir>/sweep/`:
+
+- `runs.csv` / `runs.md`: one row per run, keyed by run id (and the cells table);
+- `cells.csv`, `pivot.csv`: per optimizer x batch size, over seeds: n, mean, std and the
+  95 % interval of the test accuracy (pivot: the means);
+- `summary.json` (a DVC metric): the cells, the `winner` (best mean) and `tied_with`, the
+  cells Welch's t-test cannot tell from the winner at level `compare.alpha`;
+- `curves.csv` (every run's validation curves) and `cell_curves.csv` (each cell's mean
+  and range per epoch, for `dvc plots`), `curves.png`, `heatmap.png`.
+
+Timings (which vary between identical runs) are not DVC outputs: `timing.csv` and
+`accuracy_vs_time.png` go to the parent run only, with everything above, under `comparison/`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
+import tempfile
 from pathlib import Path
+from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.config import project_path
-from pipeline.errors import PipelineError, exit_on_pipeline_error
-from pipeline.evaluate import pyplot
-from pipeline.sweep import SWEEP_ROLE_TAG
+from pipeline.app import stage_main
+from pipeline.atomic import write_json, write_text
+from pipeline.errors import PipelineError
+from pipeline.paths import project_paths
+from pipeline.plots import pyplot, save_figure
+from pipeline.stats import Cell, aggregate, batch_order, tied_with_winner
+from pipeline.tracking import child_runs, setup_tracking, tracking_uri
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = [
+RUN_COLUMNS = [
+    "run_id",
     "run_name",
     "optimizer",
     "batch_size",
+    "seed",
     "learning_rate",
     "final_val_accuracy",
     "best_val_accuracy",
     "test_accuracy",
     "test_loss",
-    "epoch_seconds",
-    "train_seconds",
     "status",
     "failure_reason",
 ]
 LINE_STYLES = ["-", "--", ":", "-."]
+CURVE_METRICS = ("val_loss", "val_accuracy", "epoch_seconds")
 
 
-def batch_order(value: str) -> float:
-    """Sort key for batch sizes: numbers ascending, `full` last."""
-    return float(value) if str(value).isdigit() else math.inf
-
-
-def find_sweep(client, experiment_id: str, parent_run_id: str | None):
-    """The requested parent run, or the latest sweep of the experiment."""
-    if parent_run_id:
-        try:
-            return client.get_run(parent_run_id)
-        except Exception as err:
-            raise PipelineError(f"compare.parent_run_id={parent_run_id!r}: no such run in the store ({err})") from err
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{SWEEP_ROLE_TAG}` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
+def recorded_parent(cfg: DictConfig) -> str:
+    """The parent run id: `compare.parent_run_id`, else the one the sweep stage recorded."""
+    if cfg.compare.parent_run_id:
+        return str(cfg.compare.parent_run_id)
+    record = project_paths(cfg).sweep_record
+    try:
+        return json.loads(record.read_text())["parent_run_id"]
+    except FileNotFoundError as err:
         raise PipelineError(
-            "No sweep found in this MLflow store: run one first, e.g. "
-            "python -m pipeline.experiment -m +sweep=optimizers_x_batch_sizes"
+            f"No sweep record at {record}: run a sweep first (dvc repro sweep, or python -m pipeline.experiment -m), "
+            "or name one with compare.parent_run_id=<id>."
+        ) from err
+    except (ValueError, KeyError) as err:
+        raise PipelineError(f"{record} is not a sweep record ({err}): rerun the sweep (dvc repro sweep).") from err
+
+
+def finished_parent(client: Any, parent_run_id: str, uri: str) -> Any:
+    """The sweep's parent run, refused unless the sweep finished."""
+    try:
+        parent = client.get_run(parent_run_id)
+    except Exception as err:  # noqa: BLE001 - MLflow raises its own exception types
+        raise PipelineError(
+            f"Sweep parent run {parent_run_id!r} is not in the MLflow store {uri}: compare the sweep in the store "
+            "that ran it (tracking.uri / MLFLOW_TRACKING_URI), or name another with compare.parent_run_id=<id>."
+        ) from err
+    status = parent.info.status
+    if status != "FINISHED":
+        reason = parent.data.tags.get("failure_reason", "")
+        raise PipelineError(
+            f"Sweep {parent.info.run_name} ({parent_run_id}) is {status}{': ' + reason if reason else ''}: "
+            "it did not finish, so its runs answer no question and compare names no winner. "
+            "Rerun the sweep (dvc repro sweep, or python -m pipeline.experiment -m)."
         )
-    return runs[0]
+    return parent
 
 
-def collect_runs(client, parent) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The sweep's child runs as a table, and their per-epoch validation curves (long format)."""
-    import mlflow
-
-    runs = mlflow.search_runs(
-        experiment_ids=[parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        output_format="pandas",
-    )
-    if runs.empty:
-        raise PipelineError(f"Sweep {parent.info.run_id} ({parent.info.run_name}) has no child runs to compare.")
-
-    def column(name: str) -> pd.Series:
-        return runs[name] if name in runs else pd.Series([np.nan] * len(runs), index=runs.index)
-
-    table = pd.DataFrame(
-        {
-            "run_id": runs["run_id"],
-            "run_name": column("tags.mlflow.runName"),
-            "optimizer": column("params.optimizer.name"),
-            "batch_size": column("params.train.batch_size"),
-            "learning_rate": pd.to_numeric(column("params.optimizer.learning_rate"), errors="coerce"),
-            "final_val_accuracy": column("metrics.val_accuracy"),
-            "test_accuracy": column("metrics.test_accuracy"),
-            "test_loss": column("metrics.test_loss"),
-            "train_seconds": column("metrics.train_seconds"),
-            "status": runs["status"],
-            "failure_reason": column("tags.failure_reason").astype(object).fillna(""),
+def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sweep's child runs as a table keyed by run id, and their per-epoch curves (long format)."""
+    runs = child_runs(client, parent)
+    if not runs:
+        raise PipelineError(f"Sweep {parent.info.run_name} ({parent.info.run_id}) has no child runs to compare.")
+    rows, curves = [], []
+    for run in runs:
+        params, metrics = run.data.params, run.data.metrics
+        row = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "optimizer": params.get("optimizer.name"),
+            "batch_size": params.get("train.batch_size"),
+            "seed": params.get("train.seed"),
+            "learning_rate": pd.to_numeric(params.get("optimizer.learning_rate"), errors="coerce"),
+            "test_accuracy": metrics.get("test_accuracy", np.nan),
+            "test_loss": metrics.get("test_loss", np.nan),
+            "train_seconds": metrics.get("train_seconds", np.nan),
+            "status": run.info.status,
+            "failure_reason": run.data.tags.get("failure_reason", ""),
         }
-    )
-    curves = []
-    for row in table.itertuples():
         history = {
-            name: {m.step: m.value for m in client.get_metric_history(row.run_id, name)}
-            for name in ("val_loss", "val_accuracy", "epoch_seconds")
+            name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)} for name in CURVE_METRICS
         }
-        for epoch in sorted(history["val_loss"]):
-            curves.append(
-                {
-                    "run_name": row.run_name,
-                    "optimizer": row.optimizer,
-                    "batch_size": row.batch_size,
-                    "epoch": epoch,
-                    **{name: values.get(epoch, np.nan) for name, values in history.items()},
-                }
-            )
-    curves = pd.DataFrame(
-        curves, columns=["run_name", "optimizer", "batch_size", "epoch", "val_loss", "val_accuracy", "epoch_seconds"]
-    )
-    by_run = curves.groupby("run_name")
-    table["best_val_accuracy"] = table["run_name"].map(by_run["val_accuracy"].max())
-    # The median epoch: the first one also pays for compiling the step.
-    table["epoch_seconds"] = table["run_name"].map(by_run["epoch_seconds"].median())
+        for epoch in sorted(history["val_accuracy"]):
+            point = {name: values.get(epoch, np.nan) for name, values in history.items()}
+            curves.append({k: row[k] for k in ("run_id", "run_name", "optimizer", "batch_size", "seed")} | point)
+            curves[-1]["epoch"] = epoch
+        accuracies = list(history["val_accuracy"].values())
+        row["final_val_accuracy"] = history["val_accuracy"][max(history["val_accuracy"])] if accuracies else np.nan
+        row["best_val_accuracy"] = max(accuracies) if accuracies else np.nan
+        row["epoch_seconds"] = float(np.median(list(history["epoch_seconds"].values()) or [np.nan]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
     table = table.sort_values(["test_accuracy", "run_name"], ascending=[False, True], na_position="last")
-    return table[["run_id", *TABLE_COLUMNS]].reset_index(drop=True), curves
+    columns = ["run_id", "run_name", "optimizer", "batch_size", "seed", "epoch", "val_loss", "val_accuracy"]
+    curves = pd.DataFrame(curves, columns=[*columns, "epoch_seconds"])
+    return table.reset_index(drop=True), curves
 
 
-def pivot_accuracy(table: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy by optimizer (rows) x batch size (columns)."""
-    pivot = table.pivot_table(index="optimizer", columns="batch_size", values="test_accuracy", aggfunc="max")
-    return pivot.reindex(columns=sorted(pivot.columns, key=batch_order))
-
-
-def winner_line(table: pd.DataFrame) -> str:
-    """One sentence naming the best finished run and its settings."""
-    finished = table[(table["status"] == "FINISHED") & table["test_accuracy"].notna()]
-    if finished.empty:
-        return "No run finished: there is no winner."
-    best = finished.iloc[0]
-    return (
-        f"Winner: {best.run_name} (optimizer {best.optimizer}, batch size {best.batch_size}, "
-        f"learning rate {best.learning_rate:g}) with test accuracy {best.test_accuracy:.4f}, "
-        f"test loss {best.test_loss:.4f}, {best.epoch_seconds:.2f} s per epoch."
+def cells_frame(cells: list[Cell]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "optimizer": c.optimizer,
+                "batch_size": c.batch_size,
+                "n": c.n,
+                "mean": c.mean,
+                "std": c.std,
+                "ci95_low": c.ci95[0],
+                "ci95_high": c.ci95[1],
+            }
+            for c in cells
+        ],
+        columns=["optimizer", "batch_size", "n", "mean", "std", "ci95_low", "ci95_high"],
     )
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
+def pivot(cells: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
+    """`value` by optimizer (rows) x batch size (columns)."""
+    table = cells.pivot_table(index="optimizer", columns="batch_size", values=value, aggfunc="first")
+    return table.reindex(columns=sorted(table.columns, key=batch_order))
 
 
-def style_maps(table: pd.DataFrame) -> tuple[dict, dict]:
-    """Colour per optimizer and line style per batch size, shared by every plot."""
+def answer(cells: list[Cell], tied: list[dict], alpha: float) -> str:
+    """The sweep's answer in one or two sentences, phrased by what the test can tell apart."""
+    if not cells:
+        return "No run finished: there is no winner."
+    best = cells[0]
+    text = (
+        f"Best mean test accuracy: {best.label} {best.mean:.4f} "
+        f"(95 % interval {best.ci95[0]:.4f}-{best.ci95[1]:.4f}, {best.n} seed(s))."
+    )
+    if tied:
+        text += (
+            f" Tied with it within noise (Welch's t-test, p >= {alpha:g}): " + ", ".join(t["cell"] for t in tied) + "."
+        )
+    else:
+        text += f" Every other cell is worse at level {alpha:g} (Welch's t-test)."
+    clearly = [c.label for c in cells[1:] if c.label not in {t["cell"] for t in tied}]
+    if tied and clearly:
+        text += f" Clearly worse: {', '.join(clearly)}."
+    return text
+
+
+def plot_curves(cell_curves: pd.DataFrame, path: Path) -> None:
+    """Each cell's mean validation loss and accuracy per epoch, with the range over seeds as a band."""
     plt = pyplot()
     colors = plt.get_cmap("tab10").colors
-    optimizers = sorted(table["optimizer"].dropna().unique())
-    batches = sorted(table["batch_size"].dropna().unique(), key=batch_order)
-    return (
-        {o: colors[i % len(colors)] for i, o in enumerate(optimizers)},
-        {b: LINE_STYLES[i % len(LINE_STYLES)] for i, b in enumerate(batches)},
-    )
-
-
-def plot_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
-    """Validation loss and accuracy of every run on shared axes."""
-    plt = pyplot()
-    color, style = style_maps(table)
+    optimizers = sorted(cell_curves["optimizer"].unique())
+    batches = sorted(cell_curves["batch_size"].unique(), key=batch_order)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for name, run in curves.groupby("run_name", sort=True):
-        first = run.iloc[0]
-        kwargs = {"color": color[first.optimizer], "linestyle": style[first.batch_size], "marker": "o", "ms": 3}
-        axes[0].plot(run["epoch"], run["val_loss"], label=name, **kwargs)
-        axes[1].plot(run["epoch"], run["val_accuracy"], label=name, **kwargs)
-    axes[0].set(xlabel="epoch", ylabel="validation loss", title="Validation loss", yscale="log")
-    axes[1].set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    for (optimizer, batch), cell in cell_curves.groupby(["optimizer", "batch_size"], sort=True):
+        color = colors[optimizers.index(optimizer) % len(colors)]
+        style = LINE_STYLES[batches.index(batch) % len(LINE_STYLES)]
+        for ax, metric in zip(axes, ("val_loss", "val_accuracy"), strict=True):
+            ax.plot(cell["epoch"], cell[f"{metric}_mean"], color=color, linestyle=style, marker="o", ms=3)
+            ax.fill_between(cell["epoch"], cell[f"{metric}_min"], cell[f"{metric}_max"], color=color, alpha=0.12)
+        axes[1].lines[-1].set_label(f"{optimizer}-bs{batch}")
+    axes[0].set(xlabel="epoch", ylabel="validation loss", title="Validation loss (mean over seeds, band = range)")
+    axes[0].set_yscale("log")
+    axes[1].set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy (mean, band = range)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[1].legend(fontsize=7, ncol=2, title="colour = optimizer, line = batch size", title_fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def plot_heatmap(pivot: pd.DataFrame, path: Path) -> None:
-    """Test accuracy over optimizer x batch size."""
+def plot_heatmap(cells: pd.DataFrame, path: Path) -> None:
+    """Mean test accuracy over optimizer x batch size, each cell annotated with its 95 % interval."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(pivot.columns), 1.2 + 0.7 * len(pivot.index)))
-    image = ax.imshow(pivot.to_numpy(dtype=float), cmap="viridis", aspect="auto")
-    for i in range(len(pivot.index)):
-        for j in range(len(pivot.columns)):
-            value = pivot.iat[i, j]
-            ax.text(j, i, "failed" if pd.isna(value) else f"{value:.4f}", ha="center", va="center", color="w")
-    ax.set(xticks=range(len(pivot.columns)), yticks=range(len(pivot.index)), xlabel="batch size", ylabel="optimizer")
-    ax.set_xticklabels(pivot.columns)
-    ax.set_yticklabels(pivot.index)
-    ax.set_title("Test accuracy")
+    means, lows, highs = pivot(cells, "mean"), pivot(cells, "ci95_low"), pivot(cells, "ci95_high")
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(means.columns), 1.2 + 0.8 * len(means.index)))
+    image = ax.imshow(means.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+    for i in range(len(means.index)):
+        for j in range(len(means.columns)):
+            mean = means.iat[i, j]
+            label = "no run" if pd.isna(mean) else f"{mean:.4f}\n[{lows.iat[i, j]:.4f}, {highs.iat[i, j]:.4f}]"
+            ax.text(j, i, label, ha="center", va="center", color="w", fontsize=8)
+    ax.set(xticks=range(len(means.columns)), yticks=range(len(means.index)), xlabel="batch size", ylabel="optimizer")
+    ax.set_xticklabels(means.columns)
+    ax.set_yticklabels(means.index)
+    ax.set_title("Mean test accuracy [95 % interval] over seeds")
     fig.colorbar(image, ax=ax)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_accuracy_vs_time(table: pd.DataFrame, path: Path) -> None:
-    """Test accuracy against training time, one point per finished run."""
+    """Test accuracy against training time, one point per finished run (an MLflow artifact only)."""
     plt = pyplot()
-    color, _ = style_maps(table)
+    colors = plt.get_cmap("tab10").colors
+    optimizers = sorted(table["optimizer"].dropna().unique())
     done = table.dropna(subset=["test_accuracy", "train_seconds"])
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    for row in done.itertuples():
-        ax.scatter(row.train_seconds, row.test_accuracy, color=color[row.optimizer], s=40)
-        ax.annotate(
-            row.run_name, (row.train_seconds, row.test_accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points"
-        )
+    for optimizer, group in done.groupby("optimizer"):
+        color = colors[optimizers.index(optimizer) % len(colors)]
+        ax.scatter(group["train_seconds"], group["test_accuracy"], color=color, s=30, label=optimizer)
     ax.set(xlabel="training time (s)", ylabel="test accuracy", title="Test accuracy vs training time", xscale="log")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def markdown_table(table: pd.DataFrame, pivot: pd.DataFrame, winner: str) -> str:
-    """The run table and the pivot as Markdown."""
-    shown = table[TABLE_COLUMNS].copy()
+def cell_curves(curves: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, min and max of each finished cell's validation curves per epoch."""
+    finished = set(table.loc[table["status"] == "FINISHED", "run_id"])
+    done = curves[curves["run_id"].isin(finished)]
+    grouped = done.groupby(["optimizer", "batch_size", "epoch"])[["val_loss", "val_accuracy"]]
+    stats = grouped.agg(["mean", "min", "max"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    stats = stats.reset_index()
+    stats.insert(0, "cell", stats["optimizer"] + "-bs" + stats["batch_size"].astype(str))
+    return stats
+
+
+def markdown(table: pd.DataFrame, cells: pd.DataFrame, text: str) -> str:
+    """The answer, the cells table and the run table as Markdown."""
+    shown = cells.assign(
+        interval=[f"{lo:.4f}-{hi:.4f}" for lo, hi in zip(cells.ci95_low, cells.ci95_high, strict=True)]
+    )
     return (
-        f"{winner}\n\n"
-        + shown.to_markdown(index=False, floatfmt=".4f")
-        + "\n\nTest accuracy by optimizer x batch size:\n\n"
-        + pivot.to_markdown(floatfmt=".4f")
+        f"{text}\n\nTest accuracy per optimizer x batch size over seeds:\n\n"
+        + shown[["optimizer", "batch_size", "n", "mean", "std", "interval"]].to_markdown(index=False, floatfmt=".4f")
+        + "\n\nEvery run:\n\n"
+        + table[RUN_COLUMNS].to_markdown(index=False, floatfmt=".4f")
         + "\n"
     )
 
 
-def compare_sweep(cfg: DictConfig) -> dict:
-    """Summarise a sweep into `<reports_dir>/sweep/` and its parent run; return the summary."""
+def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
+    """Summarise the recorded sweep into `<reports_dir>/sweep/` and its parent run; return the summary."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import setup_tracking
-
-    experiment_id = setup_tracking(cfg)
+    parent_run_id = recorded_parent(cfg)
+    setup_tracking(cfg)
     client = MlflowClient()
-    parent = find_sweep(client, experiment_id, cfg.compare.parent_run_id)
+    parent = finished_parent(client, parent_run_id, tracking_uri(cfg))
     table, curves = collect_runs(client, parent)
-    pivot = pivot_accuracy(table)
-    winner = winner_line(table)
-
-    out = project_path(cfg, "reports_dir") / "sweep"
-    files = {
-        "runs.csv": lambda p: write_text(p, table.to_csv(index=False)),
-        "pivot.csv": lambda p: write_text(p, pivot.to_csv()),
-        "curves.csv": lambda p: write_text(p, curves.to_csv(index=False)),
-        "runs.md": lambda p: write_text(p, markdown_table(table, pivot, winner)),
-        "curves.png": lambda p: plot_curves(table, curves, p),
-        "heatmap.png": lambda p: plot_heatmap(pivot, p),
-        "accuracy_vs_time.png": lambda p: plot_accuracy_vs_time(table, p),
-    }
-    for name, write in files.items():
-        write(out / name)
-    finished = table[table["status"] == "FINISHED"]
+    alpha = float(cfg.compare.alpha)
+    cells = aggregate(table)
+    tied = tied_with_winner(table, cells, alpha)
+    text = answer(cells, tied, alpha)
+    frame = cells_frame(cells)
+    mean_curves = cell_curves(curves, table)
+    finished = int((table["status"] == "FINISHED").sum())
     summary = {
         "parent_run_id": parent.info.run_id,
         "sweep": parent.info.run_name,
         "runs": len(table),
-        "finished": len(finished),
-        "failed": int((table["status"] != "FINISHED").sum()),
-        "winner": winner,
-        "best_test_accuracy": float(finished["test_accuracy"].max()) if len(finished) else None,
-        "best_run": finished.iloc[0]["run_name"] if len(finished) else None,
+        "finished": finished,
+        "failed": len(table) - finished,
+        "metric": "test_accuracy",
+        "test": f"Welch's two-sided t-test against the winner, alpha {alpha:g}; interval: Student t 95 %",
+        "cells": [c.as_dict() for c in cells],
+        "winner": cells[0].as_dict() if cells else None,
+        "tied_with": tied,
+        "answer": text,
     }
-    write_json(out / "summary.json", summary)
-    for name in [*files, "summary.json"]:
-        client.log_artifact(parent.info.run_id, str(out / name), artifact_path="comparison")
+    out = project_paths(cfg).sweep_dir
+    files = {
+        "runs.csv": lambda p: write_text(p, table[RUN_COLUMNS].to_csv(index=False)),
+        "cells.csv": lambda p: write_text(p, frame.to_csv(index=False)),
+        "pivot.csv": lambda p: write_text(p, pivot(frame).to_csv() if len(frame) else ""),
+        "curves.csv": lambda p: write_text(p, curves.drop(columns="epoch_seconds").to_csv(index=False)),
+        "cell_curves.csv": lambda p: write_text(p, mean_curves.to_csv(index=False)),
+        "runs.md": lambda p: write_text(p, markdown(table, frame, text)),
+        "curves.png": lambda p: plot_curves(mean_curves, p),
+        "heatmap.png": lambda p: plot_heatmap(frame, p),
+        "summary.json": lambda p: write_json(p, summary),
+    }
+    for name, write in files.items():
+        write(out / name)
+    with tempfile.TemporaryDirectory() as tmp:
+        timing = table[["run_id", "run_name", "optimizer", "batch_size", "seed", "train_seconds", "epoch_seconds"]]
+        write_text(Path(tmp) / "timing.csv", timing.to_csv(index=False))
+        plot_accuracy_vs_time(table, Path(tmp) / "accuracy_vs_time.png")
+        for path in [*(out / name for name in files), Path(tmp) / "timing.csv", Path(tmp) / "accuracy_vs_time.png"]:
+            client.log_artifact(parent.info.run_id, str(path), artifact_path="comparison")
+    log_aggregates(client, parent.info.run_id, cells, tied)
     log.info(
-        "Sweep %s: %d runs (%d finished)\n%s",
-        parent.info.run_name,
-        len(table),
-        len(finished),
-        markdown_table(table, pivot, winner),
+        "Sweep %s: %d runs (%d finished)\n%s", parent.info.run_name, len(table), finished, markdown(table, frame, text)
     )
-    log.info("%s", winner)
-    return {**summary, "table": table, "pivot": pivot, "curves": curves}
+    return {**summary, "table": table, "cells_table": frame, "curves": curves}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Entry point: `python -m pipeline.compare [compare.parent_run_id=<id>]`."""
-    with exit_on_pipeline_error():
-        compare_sweep(cfg)
+def log_aggregates(client: Any, run_id: str, cells: list[Cell], tied: list[dict]) -> None:
+    """Each cell's n, mean and interval as metrics of the parent run; the winner and ties as tags."""
+    from mlflow.entities import Metric, RunTag
 
+    metrics = []
+    for cell in cells:
+        for name, value in (
+            ("n", cell.n),
+            ("mean", cell.mean),
+            ("ci95_low", cell.ci95[0]),
+            ("ci95_high", cell.ci95[1]),
+        ):
+            metrics.append(Metric(f"cell.{cell.label}.test_accuracy_{name}", float(value), 0, 0))
+    tags = [RunTag("winner", cells[0].label)] if cells else []
+    tags.append(RunTag("tied_with", ",".join(t["cell"] for t in tied)))
+    client.log_batch(run_id, metrics=metrics, tags=tags)
+
+
+main = stage_main(compare_sweep)  # python -m pipeline.compare [compare.parent_run_id=<id>]
 
 if __name__ == "__main__":
     main()

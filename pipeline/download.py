@@ -1,7 +1,8 @@
 """Download stage: try the dataset's mirrors in order, write one canonical `.npz`.
 
 Output: `<raw_dir>/<name>.npz` (uint8 images `(N, 28, 28)`, uint8 labels) and
-`<raw_dir>/<name>.json` (which mirror, checksums, counts). An output that already
+`<raw_dir>/<name>.json` (which mirror, checksums, counts: nothing that changes between
+two downloads of the same data, so DVC sees the same output). An output that already
 verifies against its provenance file is kept and nothing is downloaded.
 """
 
@@ -14,22 +15,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.app import stage_main
 from pipeline.atomic import sha256_file, write_json, write_npz
-from pipeline.config import project_path
-from pipeline.errors import PipelineError, exit_on_pipeline_error
+from pipeline.errors import PipelineError
+from pipeline.paths import project_paths
 from pipeline.sources import check_mirrors, fetch_mirror, validate_arrays
 
 log = logging.getLogger(__name__)
-
-
-def raw_paths(cfg: DictConfig) -> tuple[Path, Path]:
-    """The canonical data file and its provenance file for the configured dataset."""
-    raw_dir = project_path(cfg, "raw_dir")
-    return raw_dir / f"{cfg.dataset.name}.npz", raw_dir / f"{cfg.dataset.name}.json"
 
 
 def verified_provenance(data_file: Path, provenance_file: Path) -> dict | None:
@@ -47,7 +42,8 @@ def download_dataset(cfg: DictConfig) -> dict:
     """Make sure the canonical raw dataset exists; return its provenance record."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     check_mirrors(dataset.get("mirrors"), dataset["name"])
-    data_file, provenance_file = raw_paths(cfg)
+    paths = project_paths(cfg)
+    data_file, provenance_file = paths.raw_data, paths.raw_record
     record = verified_provenance(data_file, provenance_file)
     if record:
         log.info("%s already verifies (sha256 %s); nothing to download", data_file, record["sha256"][:12])
@@ -79,10 +75,15 @@ def download_dataset(cfg: DictConfig) -> dict:
                 split: np.bincount(arrays[f"y_{split}"], minlength=dataset["num_classes"]).tolist()
                 for split in ("train", "test")
             },
-            "downloaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json(provenance_file, record)
-        log.info("Wrote %s from %s (%d train, %d test images)", data_file, url, *record["counts"].values())
+        log.info(
+            "Wrote %s from %s at %s (%d train, %d test images)",
+            data_file,
+            url,
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            *record["counts"].values(),
+        )
         return record
 
     raise PipelineError(
@@ -95,11 +96,7 @@ def download_dataset(cfg: DictConfig) -> dict:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Entry point: `python -m pipeline.download [overrides]`."""
-    with exit_on_pipeline_error():
-        download_dataset(cfg)
+main = stage_main(download_dataset)  # python -m pipeline.download [overrides]
 
 
 if __name__ == "__main__":

@@ -1,75 +1,121 @@
 """One experiment in one call: train then evaluate in one process and one MLflow run.
 
-`python -m pipeline.experiment` returns the test accuracy (what a sweeper optimises);
-with `-m` it sweeps, each job a child run of the sweep's parent run (see
-`pipeline.sweep`). In a sweep, a job's files go to its own Hydra output folder, and a
-failed job is recorded as FAILED without stopping the sweep.
+`python -m pipeline.experiment` returns the test accuracy. With `-m` it sweeps the grid
+of the sweep preset (`conf/sweep/`, default: the four optimizers x three batch sizes):
+each job is one cell of the grid and trains `sweep.seeds` seeds (`train.seed`,
+`train.seed + 1`, ...), each seed a child run of the sweep's parent run
+(`pipeline.sweep`), and returns the cell's mean validation accuracy, the number a
+sweeper optimises (never the test accuracy). A job's files go to its own Hydra output
+folder; a failed seed is recorded as FAILED and the sweep goes on.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 from pathlib import Path
+from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from pipeline.data import OutputPaths, load_split
-from pipeline.errors import exit_on_pipeline_error
-from pipeline.tracking import PARENT_RUN_ENV, tracked_run
-from pipeline.validation import check_config
+from pipeline.app import prepare_config, stage_main
+from pipeline.data import load_split
+from pipeline.jobs import evaluate_run, train_run
+from pipeline.model import build_optimizer
+from pipeline.paths import StageOutputs, project_paths
+from pipeline.records import run_name
+from pipeline.tracking import PARENT_RUN_ENV, Terminated, tracked_run
 
 log = logging.getLogger(__name__)
 
+SWEPT_KEYS_ENV = "MNIST_PIPELINE_SWEPT_KEYS"  # the keys the sweep varies (set per job)
+SHORT_NAMES = {"train.batch_size": "bs", "train.seed": "s", "optimizer.learning_rate": "lr", "train.epochs": "ep"}
 
-def run_experiment(cfg: DictConfig, paths: OutputPaths | None = None, parent_run_id: str | None = None) -> dict:
-    """Train and evaluate under one MLflow run; return the test metrics (with `run_id`)."""
-    from pipeline.evaluate import evaluate_model
-    from pipeline.train import fit, log_run_context, run_name, save_training
 
-    check_config(cfg)
-    paths = paths or OutputPaths.for_stages(cfg)
-    train, val, test = (load_split(cfg, name) for name in ("train", "val", "test"))
-    with tracked_run(cfg, run_name=run_name(cfg), parent_run_id=parent_run_id) as run:
+def run_experiment(
+    cfg: DictConfig, outputs: StageOutputs | None = None, parent_run_id: str | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """Train and evaluate under one MLflow run; return the test metrics, the run id and the curves.
+
+    Alone, bad data or a bad optimizer fail before a run is created; as a sweep's child
+    (`parent_run_id`), every failure is recorded in the job's own FAILED run.
+    """
+    outputs = outputs or project_paths(cfg).stage_outputs
+    if parent_run_id is None:
+        load_data_and_optimizer(cfg)
+    with tracked_run(cfg, run_name=name or run_name(cfg), parent_run_id=parent_run_id) as run:
+        train, val, test = load_data_and_optimizer(cfg)
         run_id = run.info.run_id if run else None
-        if run_id:
-            log_run_context(cfg, run_id)
-        result = fit(cfg, train, val, run_id)
-        save_training(cfg, result, paths, run_id)
-        metrics = evaluate_model(result.model, test, paths, run_id, {"train_seconds": result.train_seconds})
-    return {**metrics, "run_id": run_id}
+        result = train_run(cfg, train, val, outputs, run_id)
+        metrics = evaluate_run(result.model, test, outputs, run_id, str(cfg.dataset.name))
+    return {**metrics, "run_id": run_id, "val_accuracy": result.history[-1]["val_accuracy"], "history": result.history}
 
 
-def run_sweep_job(cfg: DictConfig, job_dir: Path) -> float:
-    """One job of a multirun: a child run of the sweep's parent; failures do not propagate."""
-    parent = os.environ.get(PARENT_RUN_ENV)
-    try:
-        return run_experiment(cfg, OutputPaths.in_folder(job_dir), parent_run_id=parent)["test_accuracy"]
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as err:  # noqa: BLE001 - recorded as a FAILED run; the sweep goes on
-        log.error("Sweep job failed (%s: %s); continuing with the next job", type(err).__name__, err)
-        return math.nan
-    finally:
-        import keras
-
-        keras.backend.clear_session()  # the next job in this process starts from a clean graph
+def load_data_and_optimizer(cfg: DictConfig) -> tuple:
+    """The three splits (read once per process), after checking that the optimizer can be built."""
+    build_optimizer(cfg)
+    return tuple(load_split(cfg, split) for split in ("train", "val", "test"))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Entry point: `python -m pipeline.experiment [-m] [overrides]`; returns test accuracy."""
+def job_name(cfg: DictConfig, overrides: list[str], swept: set[str], seeds: int) -> str:
+    """A run name from the settings the sweep varies, unique within the sweep: `adam-bs32-lr0.01-s1`."""
+    parts = [run_name(cfg)]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in swept and key not in ("optimizer", "train.batch_size", "train.seed"):
+            parts.append(f"{SHORT_NAMES.get(key, key.rsplit('.', 1)[-1])}{value}")
+    if seeds > 1 or "train.seed" in swept:
+        parts.append(f"s{cfg.train.seed}")
+    return "-".join(parts)
+
+
+def run_sweep_job(cfg: DictConfig) -> float:
+    """One job of a multirun: one cell, `sweep.seeds` child runs; returns the mean validation accuracy."""
+    from hydra.core.hydra_config import HydraConfig
+
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return run_sweep_job(cfg, Path(hydra_cfg.runtime.output_dir))
-    with exit_on_pipeline_error():
-        accuracy = run_experiment(cfg)["test_accuracy"]
-    return accuracy
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
+    parent = os.environ.get(PARENT_RUN_ENV)
+    seeds = int(cfg.sweep.seeds)
+    prefix = f"t{hydra_cfg.job.num}-" if hydra_cfg.sweeper.get("_target_", "").endswith("OptunaSweeper") else ""
+    accuracies = []
+    for offset in range(seeds):
+        seed_cfg = copy.deepcopy(cfg)
+        with open_dict(seed_cfg):
+            seed_cfg.train.seed = int(cfg.train.seed) + offset
+        try:
+            prepare_config(seed_cfg, hydra_cfg.runtime.choices)
+            name = prefix + job_name(seed_cfg, overrides, swept, seeds)
+            folder = job_dir / f"seed-{seed_cfg.train.seed}" if seeds > 1 else job_dir
+            result = run_experiment(seed_cfg, StageOutputs.in_folder(folder), parent, name)
+            accuracies.append(result["val_accuracy"])
+        except (KeyboardInterrupt, SystemExit, Terminated):
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded as a FAILED run; the sweep goes on
+            log.error("Sweep job %s failed (%s: %s); continuing", " ".join(overrides), type(err).__name__, err)
+        finally:
+            if seed_cfg.train.backend == "tensorflow" or str(seed_cfg.train.backend).endswith("tensorflow"):
+                import keras
 
+                keras.backend.clear_session()  # the next TensorFlow job starts from a clean graph
+    return sum(accuracies) / len(accuracies) if accuracies else math.nan
+
+
+def experiment(cfg: DictConfig) -> float:
+    """`python -m pipeline.experiment`: the test accuracy; in a multirun, one sweep job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return run_sweep_job(cfg)
+    return run_experiment(cfg)["test_accuracy"]
+
+
+main = stage_main(experiment)  # python -m pipeline.experiment [-m] [overrides]
 
 if __name__ == "__main__":
     main()

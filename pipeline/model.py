@@ -2,35 +2,69 @@
 
 from __future__ import annotations
 
-import keras
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
 from hydra.utils import instantiate
-from keras import layers
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import PipelineError
 
 
-def build_model(cfg: DictConfig, input_dim: int = 784, num_classes: int = 10) -> keras.Model:
-    """The MLP of `cfg.model`: Dense(units, activation) per hidden layer, then softmax."""
+def build_model(cfg: DictConfig, input_dim: int = 784, num_classes: int = 10) -> Any:
+    """The MLP of `cfg.model`: Dense(units, activation) per hidden layer, then softmax.
+
+    Keras' default initialisers (Glorot uniform kernels, zero biases), each seeded from
+    `train.seed`, so the same seed gives the same initial weights on every backend run.
+    """
+    import keras
+    from keras import layers
+
+    seed = int(cfg.train.seed) * 100
+
+    def dense(units: int, activation: str, name: str, i: int) -> Any:
+        init = keras.initializers.GlorotUniform(seed=seed + i)
+        return layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
+
     inputs = keras.Input(shape=(input_dim,), name="pixels")
     x = inputs
     for i, units in enumerate(cfg.model.hidden_units):
-        x = layers.Dense(int(units), activation=cfg.model.activation, name=f"hidden_{i}")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=cfg.model.name)
+        x = dense(int(units), cfg.model.activation, f"hidden_{i}", i)(x)
+    outputs = dense(num_classes, "softmax", "probabilities", len(cfg.model.hidden_units))(x)
+    return keras.Model(inputs, outputs, name=str(cfg.model.get("name") or "mlp"))
 
 
-def build_optimizer(cfg: DictConfig) -> keras.optimizers.Optimizer:
-    """Instantiate `cfg.optimizer` (its `_target_` is a Keras optimizer class)."""
+def build_optimizer(cfg: DictConfig) -> Any:
+    """Instantiate `cfg.optimizer` (its `_target_` is a Keras optimizer class and its arguments)."""
+    args = OmegaConf.to_container(cfg.optimizer, resolve=True)
     # Keras refuses an integer learning rate, which is what `learning_rate=1000` parses to.
-    return instantiate(cfg.optimizer, learning_rate=float(cfg.optimizer.learning_rate), _convert_="all")
+    args["learning_rate"] = float(args["learning_rate"])
+    try:
+        return instantiate(args, _convert_="all")
+    except Exception as err:  # noqa: BLE001 - an unknown class or argument in the optimizer file
+        cause = err.__cause__ or err
+        raise PipelineError(
+            f"optimizer={cfg.optimizer.get('name')} ({cfg.optimizer._target_}) cannot be built: {cause}. "
+            "An optimizer file holds `_target_` (a Keras optimizer class) and that class's arguments; "
+            "fix or remove the argument named above."
+        ) from err
 
 
-def compile_model(model: keras.Model, cfg: DictConfig) -> keras.Model:
-    """Compile with the configured optimizer, loss, metrics and performance knobs."""
-    model.compile(
-        optimizer=build_optimizer(cfg),
-        loss=cfg.train.loss,
-        metrics=list(cfg.train.metrics),
-        steps_per_execution=int(cfg.train.steps_per_execution),
-        jit_compile=bool(cfg.train.jit_compile),
-    )
-    return model
+def save_model(model: Any, path: Path) -> None:
+    """Save `model` as a `.keras` file whose bytes depend on the weights only.
+
+    Keras stamps the save time into `metadata.json` and the weights' zip entry, so the
+    same model would hash differently on every save (and DVC would see a change).
+    """
+    model.save(path)
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries:
+            if name == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta, sort_keys=True).encode()
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)

@@ -9,32 +9,19 @@ every tensor, checksums, split settings).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from pipeline.app import stage_main
 from pipeline.atomic import sha256_file, write_json, write_npz
-from pipeline.config import project_path
-from pipeline.download import raw_paths
-from pipeline.errors import PipelineError, exit_on_pipeline_error
+from pipeline.data import one_hot, to_features
+from pipeline.errors import PipelineError
+from pipeline.paths import project_paths
+from pipeline.schema import check_val_fraction
 from pipeline.sources import read_npz, validate_arrays
-from pipeline.validation import check_val_fraction
 
 log = logging.getLogger(__name__)
-
-SPLIT_NAMES = ("train", "val", "test")
-
-
-def to_features(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) uint8 -> (N, H*W) float32 scaled to [0, 1], as in the reference."""
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
-
-
-def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Integer labels -> float32 one-hot rows."""
-    return np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)]
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,16 +36,11 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def processed_paths(cfg: DictConfig) -> dict[str, Path]:
-    """Paths of the processed split files and their metadata."""
-    out = project_path(cfg, "processed_dir")
-    return {**{name: out / f"{name}.npz" for name in SPLIT_NAMES}, "meta": out / "meta.json"}
-
-
 def preprocess_dataset(cfg: DictConfig) -> dict:
     """Read the canonical raw dataset, write the processed splits; return the metadata."""
     val_fraction = check_val_fraction(cfg.split.val_fraction)
-    raw_file, _ = raw_paths(cfg)
+    paths = project_paths(cfg)
+    raw_file = paths.raw_data
     if not raw_file.is_file():
         raise PipelineError(f"{raw_file} does not exist: run the download stage first (python -m pipeline.download).")
     raw = read_npz(raw_file)
@@ -71,7 +53,6 @@ def preprocess_dataset(cfg: DictConfig) -> dict:
         "val": (raw["x_train"][val_idx], raw["y_train"][val_idx]),
         "test": (raw["x_test"], raw["y_test"]),
     }
-    paths = processed_paths(cfg)
     meta = {
         "source": raw_file.name,
         "source_sha256": sha256_file(raw_file),
@@ -80,22 +61,18 @@ def preprocess_dataset(cfg: DictConfig) -> dict:
     tensors, checksums = {}, {}
     for name, (images, labels) in splits.items():
         arrays = {"x": to_features(images), "y": one_hot(labels, k)}
-        write_npz(paths[name], arrays)
-        checksums[name] = sha256_file(paths[name])
+        write_npz(paths.processed(name), arrays)
+        checksums[name] = sha256_file(paths.processed(name))
         tensors[name] = {
             key: {"ndim": a.ndim, "shape": list(a.shape), "dtype": str(a.dtype)} for key, a in arrays.items()
         }
         log.info("%s: x %s %s, y %s", name, arrays["x"].shape, arrays["x"].dtype, arrays["y"].shape)
     meta.update(tensors=tensors, sha256=checksums)
-    write_json(paths["meta"], meta)
+    write_json(paths.processed_meta, meta)
     return meta
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Entry point: `python -m pipeline.preprocess [overrides]`."""
-    with exit_on_pipeline_error():
-        preprocess_dataset(cfg)
+main = stage_main(preprocess_dataset)  # python -m pipeline.preprocess [overrides]
 
 
 if __name__ == "__main__":

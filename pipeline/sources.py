@@ -29,8 +29,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from pipeline.atomic import sha256_file
-from pipeline.config import resolve_path
 from pipeline.errors import PipelineError
+from pipeline.paths import resolve_path
 
 log = logging.getLogger(__name__)
 

@@ -4,30 +4,31 @@ The store defaults to SQLite at `<mlruns_dir>/mlflow.db` with artifacts under
 `<mlruns_dir>/artifacts` (MLflow 3.13+ refuses the old file store); `tracking=server`
 or the standard `MLFLOW_TRACKING_URI` environment variable sends runs to a tracking
 server instead, which must answer its health check before anything is recorded.
+
+Every run records the host and process that run it. Whoever opens the store next
+closes the runs of this host whose process is gone (`kill -9`, a crash of the
+machine's power aside), as KILLED with the reason, so no run stays RUNNING.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.entities import RunStatus
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import find_project_root, project_path
 from pipeline.errors import PipelineError
+from pipeline.paths import find_project_root, project_paths
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 PARENT_RUN_ENV = "MNIST_PIPELINE_PARENT_RUN_ID"
 # Tag that makes the MLflow 3 UI open the experiment on its training-runs table.
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+SWEEP_ROLE_TAG = "mnist_pipeline.role"  # "sweep" on a sweep's parent run
+HOST_TAG, PID_TAG, PROCESS_START_TAG = "host", "process.pid", "process.start"
 # Config groups whose values are the run's hyperparameters.
 PARAM_GROUPS = ("model", "optimizer", "train", "split")
 
@@ -49,7 +52,7 @@ def tracking_uri(cfg: DictConfig) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
     if uri:
         return str(uri)
-    return f"sqlite:///{project_path(cfg, 'mlruns_dir') / 'mlflow.db'}"
+    return f"sqlite:///{project_paths(cfg).store_db}"
 
 
 def use_store(uri: str) -> None:
@@ -58,6 +61,8 @@ def use_store(uri: str) -> None:
     `mlflow.set_tracking_uri` also exports the variable, which would then look like a
     user's override to the next `tracking_uri()` call with another config.
     """
+    import mlflow
+
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     if before is None:
@@ -88,11 +93,30 @@ def check_server(uri: str, timeout_s: float) -> None:
         ) from err
 
 
+@contextlib.contextmanager
+def store_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the local store's folder: its first use creates the tables once."""
+    with open(folder / ".mlflow.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup_tracking(cfg: DictConfig) -> str:
-    """Point MLflow at the configured store, create it and the experiment; return its id."""
+    """Point MLflow at the configured store, create it and the experiment; return its id.
+
+    Closes this host's runs whose process is gone (see the module docstring).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     uri = tracking_uri(cfg)
+    configure_http_limits(cfg)
     check_server(uri, float(cfg.tracking.server_timeout_s))
-    artifact_location = None
+    artifact_location, lock = None, contextlib.nullcontext()
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         try:
@@ -106,21 +130,71 @@ def setup_tracking(cfg: DictConfig) -> str:
                 "Set paths.mlruns_dir to a writable folder, or MLFLOW_TRACKING_URI to another store."
             ) from err
         artifact_location = (db.parent / "artifacts").as_uri()
+        lock = store_lock(db.parent)
     use_store(uri)
     name = cfg.tracking.experiment
-    client = MlflowClient()
-    for attempt in range(5):
+    with lock:
+        client = MlflowClient()
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            break
-        try:
-            client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND_TAGS)
-        except MlflowException:  # another process created it (or the store is busy): look again
-            time.sleep(0.2 * (attempt + 1))
-    else:
+        if experiment is None:
+            with contextlib.suppress(MlflowException):  # another process created it meanwhile
+                client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND_TAGS)
+            experiment = client.get_experiment_by_name(name)
+    if experiment is None:
         raise PipelineError(f"Could not create or find MLflow experiment '{name}' in {uri}")
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    close_orphaned_runs(client, experiment.experiment_id)
     return experiment.experiment_id
+
+
+def configure_http_limits(cfg: DictConfig) -> None:
+    """Bound MLflow's HTTP retries, so a tracking server that vanishes mid-run fails the run in time."""
+    timeout = float(cfg.tracking.server_timeout_s)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """Which host and process run this run (for closing it if the process dies)."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PROCESS_START_TAG: process_start(pid) or ""}
+
+
+def process_alive(tags: Mapping[str, str]) -> bool:
+    """Whether the process a run's tags name still runs (True when unknown or on another host)."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return True
+    start = process_start(int(tags[PID_TAG]))
+    return start is not None and start == tags.get(PROCESS_START_TAG, start)
+
+
+def close_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
+    """End as KILLED every RUNNING run of this host whose process is gone; return their ids."""
+    host = socket.gethostname()
+    closed = []
+    for run in client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.{HOST_TAG} = '{host}'"
+    ):
+        if process_alive(run.data.tags):
+            continue
+        pid = run.data.tags.get(PID_TAG)
+        reason = f"killed: process {pid} on {host} ended without closing this run (SIGKILL, OOM or a crash)"
+        with contextlib.suppress(Exception):
+            client.set_tag(run.info.run_id, "failure_reason", reason)
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+            log.warning("Closed orphaned MLflow run %s (%s) as KILLED: %s", run.info.run_id, run.info.run_name, reason)
+    return closed
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:
@@ -135,7 +209,7 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
         else:
             params[prefix] = node
 
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for group in PARAM_GROUPS:
         walk(group, container.get(group, {}))
     return params
@@ -165,10 +239,54 @@ def package_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {}
-    for package in ("tensorflow-cpu", "keras", "mlflow", "numpy"):
+    for package in ("keras", "jax", "jaxlib", "tensorflow-cpu", "mlflow", "numpy"):
         with contextlib.suppress(md.PackageNotFoundError):
             versions[f"version.{package}"] = md.version(package)
     return versions
+
+
+def cpu_tags() -> dict[str, str]:
+    """The CPU model and its vector extensions: float results differ slightly between CPUs."""
+    model, flags = "", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
+    return {
+        "cpu.model": model or "unknown",
+        "cpu.vector_extensions": " ".join(f for f in wanted if f in flags) or "unknown",
+        "cpu.count": str(os.cpu_count() or 0),
+    }
+
+
+def dvc_tags() -> dict[str, str]:
+    """The DVC experiment this run belongs to, when `dvc exp run` started it."""
+    tags = {}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    if os.environ.get("DVC_STAGE"):
+        tags["dvc.stage"] = os.environ["DVC_STAGE"]
+    from pipeline.app import DVC_OVERRIDES_ENV
+
+    if os.environ.get(DVC_OVERRIDES_ENV):
+        tags["dvc.params_overrides"] = os.environ[DVC_OVERRIDES_ENV]
+    return tags
+
+
+def child_runs(client: Any, parent: Any) -> list[Any]:
+    """Every child run of a sweep's parent run, oldest first."""
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=50000,
+    )
 
 
 def raise_terminated(signum, frame) -> None:
@@ -197,7 +315,7 @@ def tracked_run(
     run_name: str | None = None,
     run_id: str | None = None,
     parent_run_id: str | None = None,
-) -> Iterator[mlflow.ActiveRun | None]:
+) -> Iterator[Any]:
     """Start (or resume, with `run_id`) an MLflow run that always ends with a final status.
 
     FINISHED when the block completes; KILLED on Ctrl-C or SIGTERM; FAILED on any
@@ -208,25 +326,42 @@ def tracked_run(
         with sigterm_raises():
             yield None
         return
+    import mlflow
+    from mlflow.entities import RunStatus
+
     setup_tracking(cfg)
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, parent_run_id=parent_run_id)
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, parent_run_id=parent_run_id, tags=process_tags())
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         with sigterm_raises():
             yield run
     except (KeyboardInterrupt, Terminated) as err:
         status = RunStatus.to_string(RunStatus.KILLED)
-        _tag_failure(run, f"interrupted: {type(err).__name__} {err}".strip())
+        tag_failure(run.info.run_id, f"interrupted: {type(err).__name__} {err}".strip())
         raise
     except BaseException as err:
         status = RunStatus.to_string(RunStatus.FAILED)
-        _tag_failure(run, str(err) or type(err).__name__)
+        tag_failure(run.info.run_id, str(err) or type(err).__name__)
         raise
     finally:
+        end_run(run.info.run_id, status)
+
+
+def end_run(run_id: str, status: str) -> None:
+    """End the active run with `status`; if the store is unreachable, say so instead of hanging."""
+    import mlflow
+
+    try:
         mlflow.end_run(status=status)
-        log.info("MLflow run %s ended %s", run.info.run_id, status)
+        log.info("MLflow run %s ended %s", run_id, status)
+    except Exception as err:  # noqa: BLE001 - the store is gone; the run's record says RUNNING there
+        log.error("Could not record the end (%s) of MLflow run %s: %s", status, run_id, err)
+        with contextlib.suppress(Exception):
+            mlflow.tracking.fluent._active_run_stack.get().clear()
 
 
-def _tag_failure(run: mlflow.ActiveRun, reason: str) -> None:
+def tag_failure(run_id: str, reason: str) -> None:
+    from mlflow.tracking import MlflowClient
+
     with contextlib.suppress(Exception):
-        MlflowClient().set_tag(run.info.run_id, "failure_reason", reason[:5000])
+        MlflowClient().set_tag(run_id, "failure_reason", reason[:5000])

@@ -21,8 +21,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+from pipeline.app import prepare_config
 from pipeline.atomic import write_npz
-from pipeline.config import CONFIG_DIR, PACKAGE_CHECKOUT
+from pipeline.paths import CONFIG_DIR, PACKAGE_CHECKOUT
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -85,11 +86,13 @@ def compose_hydra(*overrides: str, return_hydra_config: bool = False) -> DictCon
 
 
 def compose_config(root: Path, *overrides: str) -> DictConfig:
-    """The real config with every path under `root` and a SQLite store there."""
-    cfg = compose_hydra(f"paths.root={root}", *overrides)
+    """The real config as a stage gets it, with every path under `root` and a SQLite store there."""
+    cfg = compose_hydra(f"paths.root={root}", *overrides, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
+        del cfg["hydra"]
         cfg.tracking.uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    return cfg
+    return prepare_config(cfg, choices)
 
 
 @pytest.fixture
@@ -110,7 +113,7 @@ def tiny_data_cfg(compose_cfg, tiny_npz) -> Callable[..., DictConfig]:
 
     def _make(*overrides: str) -> DictConfig:
         mirror = f"dataset.mirrors=[{{url: '{tiny_npz}', sha256: null}}]"
-        cfg = compose_cfg(mirror, "train.epochs=1", "train.batch_size=32", "split.val_fraction=0.2", *overrides)
+        cfg = compose_cfg(mirror, "train.epochs=1", "train.batch_size=32", *overrides)
         download_dataset(cfg)
         preprocess_dataset(cfg)
         return cfg
@@ -138,8 +141,12 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
 
 
 def run_sweep(root: Path, *overrides: str, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    """A one-epoch `python -m pipeline.experiment -m` sweep of the project under `root`."""
-    result = run_module("pipeline.experiment", "-m", f"paths.root={root}", "train.epochs=1", *overrides)
+    """A one-epoch `python -m pipeline.experiment -m` sweep of the project under `root`.
+
+    Without a `sweep=` override it sweeps only what `overrides` sweep (`sweep=none`).
+    """
+    preset = [] if any(o.startswith("sweep=") for o in overrides) else ["sweep=none"]
+    result = run_module("pipeline.experiment", "-m", f"paths.root={root}", "train.epochs=1", *preset, *overrides)
     if expect_ok:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

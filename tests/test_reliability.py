@@ -15,11 +15,11 @@ from conftest import run_module
 from mlflow.tracking import MlflowClient
 
 from pipeline.atomic import atomic_path, write_npz
-from pipeline.config import PACKAGE_CHECKOUT
-from pipeline.data import OutputPaths
 from pipeline.experiment import run_experiment
+from pipeline.paths import PACKAGE_CHECKOUT, project_paths
 from pipeline.tracking import tracking_uri
-from pipeline.train import DivergedError, train
+from pipeline.train import train
+from pipeline.trainer import DivergedError
 
 
 def all_runs(cfg):
@@ -34,7 +34,10 @@ def all_runs(cfg):
         (["train.batch_size=0"], "train.batch_size=0 is not allowed: a positive integer or 'full'"),
         (["train.batch_size=abc"], "train.batch_size='abc' is not allowed"),
         (["train.epochs=0"], "train.epochs=0 is not allowed: a positive integer"),
-        (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate=-0.1 is not allowed: a number > 0"),
+        (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate=-0.1 is not allowed: a finite number > 0"),
+        (["optimizer.learning_rate=inf"], "optimizer.learning_rate=inf is not allowed: a finite number > 0"),
+        (["train.seed=-1"], "train.seed=-1 is not allowed: an integer in [0, 2**32)"),
+        (["+train.batchsize=3"], "train.batchsize is not a setting of this pipeline (misspelt?)"),
         (["optimizer=momentum", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a number in [0, 1)"),
         (["split.val_fraction=1.5"], "split.val_fraction=1.5 is not allowed"),
         (["model.hidden_units=[512,-3]"], "model.hidden_units=[512, -3] is not allowed"),
@@ -52,7 +55,7 @@ def test_bad_value_exits_non_zero_with_message_and_changes_nothing(tmp_path, ove
 
 def test_diverging_run_fails_keeps_curves_and_previous_model(tiny_data_cfg):
     cfg = tiny_data_cfg("train.epochs=3")
-    model = OutputPaths.for_stages(cfg).model
+    model = project_paths(cfg).stage_outputs.model
     model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"previous good model")
     cfg.optimizer.learning_rate = 1e30
@@ -72,6 +75,7 @@ def test_diverging_job_does_not_stop_the_sweep(tiny_data_cfg):
         "pipeline.experiment",
         "-m",
         f"paths.root={cfg.paths.root}",
+        "sweep=none",
         "optimizer=sgd",
         "optimizer.learning_rate=1e30,0.01",
         "train.epochs=1",
@@ -88,7 +92,7 @@ def test_diverging_job_does_not_stop_the_sweep(tiny_data_cfg):
 def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, sig):
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)
-    paths = OutputPaths.for_stages(cfg)
+    paths = project_paths(cfg).stage_outputs
     for path in (paths.model, paths.history):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"previous")
@@ -120,7 +124,15 @@ def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, s
 def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg):
     cfg = tiny_data_cfg()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "optimizer=sgd,adam"]
+        [
+            sys.executable,
+            "-m",
+            "pipeline.experiment",
+            "-m",
+            f"paths.root={cfg.paths.root}",
+            "sweep=none",
+            "optimizer=sgd,adam",
+        ]
         + ["train.epochs=100000", "train.batch_size=8"],
         cwd=PACKAGE_CHECKOUT,
         stdout=subprocess.PIPE,
@@ -162,7 +174,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tiny_data_cfg):
     for seed in (3, 3, 4):
         cfg.train.seed = seed
         metrics = run_experiment(cfg)
-        histories.append(OutputPaths.for_stages(cfg).history.read_text().splitlines())
+        histories.append(project_paths(cfg).stage_outputs.history.read_text().splitlines())
         accuracies.append(metrics["test_accuracy"])
 
     def losses(lines):
@@ -183,6 +195,7 @@ def test_joblib_sweep_six_jobs_three_workers_fresh_store_repeatedly(tiny_data_cf
             "-m",
             f"paths.root={cfg.paths.root}",
             f"paths.mlruns_dir={store}",
+            "sweep=none",
             "optimizer=sgd,adam,rmsprop",
             "train.batch_size=16,32",
             "train.epochs=2",

@@ -10,19 +10,30 @@ import pytest
 from conftest import compose_config, run_module, tiny_arrays
 from mlflow.tracking import MlflowClient
 
-from pipeline.atomic import write_npz
-from pipeline.data import OutputPaths, load_split
+from pipeline.atomic import sha256_file, write_npz
+from pipeline.data import load_split
 from pipeline.download import download_dataset
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
 from pipeline.experiment import run_experiment
+from pipeline.paths import project_paths
 from pipeline.preprocess import preprocess_dataset
+from pipeline.records import MODEL_SHA_TAG
 from pipeline.tracking import tracking_uri, use_store
 from pipeline.train import train
 
 
 def client_for(cfg) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri(cfg))
+
+
+def trained_run_id(cfg) -> str:
+    """The run that recorded the stage's model file (by its sha256)."""
+    sha = sha256_file(project_paths(cfg).stage_outputs.model)
+    client = client_for(cfg)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    (run,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{MODEL_SHA_TAG}` = '{sha}'")
+    return run.info.run_id
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +52,7 @@ def trained(tmp_path_factory):
 
 def test_run_is_finished_with_params_curves_and_test_accuracy(trained):
     cfg, result, metrics = trained
-    run_id = json.loads(OutputPaths.for_stages(cfg).run_info.read_text())["run_id"]
+    run_id = trained_run_id(cfg)
     client = client_for(cfg)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -59,13 +70,21 @@ def test_run_is_finished_with_params_curves_and_test_accuracy(trained):
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert metrics["test_accuracy"] > 0.5, "the tiny digits are learnable"
     assert run.data.tags["git_commit"]
-    assert run.data.tags["data.sha256.train"]
+    assert run.data.tags["data.sha256.train"] == load_split(cfg, "train").sha256
     assert run.data.tags["version.keras"]
+    assert run.data.tags["cpu.model"] and "cpu.vector_extensions" in run.data.tags
+    assert run.data.tags["host"] and run.data.tags["process.pid"].isdigit()
+    inputs = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
+    assert inputs == {
+        ("mnist-train", load_split(cfg, "train").sha256[:16]),
+        ("mnist-val", load_split(cfg, "val").sha256[:16]),
+        ("mnist-test", load_split(cfg, "test").sha256[:16]),
+    }, "the UI's dataset column: each split read, told apart by the digest of its bytes"
 
 
 def test_artifacts_and_logged_model(trained):
     cfg, _, _ = trained
-    run_id = json.loads(OutputPaths.for_stages(cfg).run_info.read_text())["run_id"]
+    run_id = trained_run_id(cfg)
     client = client_for(cfg)
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "history.csv", "evaluation"} <= top
@@ -86,10 +105,10 @@ def test_reloaded_model_predicts_exactly_what_the_trained_one_did(trained):
 
     cfg, result, _ = trained
     test = load_split(cfg, "test")
-    reloaded = keras.models.load_model(OutputPaths.for_stages(cfg).model)
+    reloaded = keras.models.load_model(project_paths(cfg).stage_outputs.model)
     np.testing.assert_array_equal(reloaded.predict(test.x, verbose=0), result.model.predict(test.x, verbose=0))
     use_store(tracking_uri(cfg))
-    run = client_for(cfg).get_run(json.loads(OutputPaths.for_stages(cfg).run_info.read_text())["run_id"])
+    run = client_for(cfg).get_run(trained_run_id(cfg))
     (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     from_mlflow = mlflow.keras.load_model(logged.model_uri)
     np.testing.assert_array_equal(from_mlflow.predict(test.x, verbose=0), result.model.predict(test.x, verbose=0))
@@ -97,14 +116,16 @@ def test_reloaded_model_predicts_exactly_what_the_trained_one_did(trained):
 
 def test_reports_on_disk(trained):
     cfg, result, metrics = trained
-    paths = OutputPaths.for_stages(cfg)
+    paths = project_paths(cfg).stage_outputs
     assert json.loads(paths.metrics.read_text()) == metrics
-    assert set(metrics) >= {"test_loss", "test_accuracy"}
+    assert set(metrics) == {"test_loss", "test_accuracy", "test_errors", "test_samples"}, "no timings in DVC outputs"
+    assert metrics["test_errors"] == round((1 - metrics["test_accuracy"]) * metrics["test_samples"])
     lines = paths.history.read_text().splitlines()
-    assert lines[0].startswith("epoch,accuracy,loss,val_accuracy,val_loss")
-    assert len(lines) == 3
-    for png in (paths.confusion_matrix, paths.misclassified):
-        assert png.read_bytes()[:4] == b"\x89PNG"
+    assert lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy"
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
+    assert [float(line.split(",")[4]) for line in lines[1:]] == pytest.approx(
+        [r["val_accuracy"] for r in result.history]
+    )
 
 
 def test_experiment_is_one_run_with_training_and_test_metrics(tiny_data_cfg):
@@ -123,11 +144,11 @@ def test_full_batch_is_one_step_per_epoch_over_the_training_set(tiny_data_cfg):
     run = client_for(cfg).get_run(metrics["run_id"])
     assert run.info.run_name == "sgd-bsfull"
     assert run.data.params["train.batch_size"] == "full"
-    assert run.data.tags["train.batch_samples"] == "320", "400 images less the 20 % validation split"
+    assert run.data.tags["train.batch_samples"] == "360", "400 images less the 10 % validation split"
 
 
 def test_missing_processed_data_says_which_stage(compose_cfg):
-    with pytest.raises(PipelineError, match="run the preprocess stage first"):
+    with pytest.raises(PipelineError, match="is missing: rerun preprocess"):
         train(compose_cfg())
 
 
@@ -143,7 +164,7 @@ def test_unwritable_store_fails_before_training(tiny_data_cfg, tmp_path):
     cfg.tracking.uri = None
     with pytest.raises(PipelineError, match="Cannot create the MLflow store"):
         train(cfg)
-    assert not OutputPaths.for_stages(cfg).model.exists()
+    assert not project_paths(cfg).stage_outputs.model.exists()
 
 
 def test_cli_unknown_optimizer_lists_choices(tmp_path):

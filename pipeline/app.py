@@ -1,0 +1,133 @@
+"""The Hydra entry point every stage shares: one config, one Keras backend, one way to fail.
+
+`stage_main(run)` turns a stage function `run(cfg)` into `main()` for
+`python -m pipeline.<stage> [overrides]`:
+
+- run by DVC (`DVC_STAGE` is set), the overrides that reproduce `params.yaml` are added
+  to the command line first (`pipeline.params`), so the stage runs what DVC records;
+- the composed config gets the names of the chosen optimizer and model files, is
+  checked against the schema (`pipeline.schema`), and picks the Keras backend;
+- a `PipelineError` (bad input) ends in one logged line and exit status 1, any other
+  error in one line too unless `HYDRA_FULL_ERROR=1` asks for the traceback; Ctrl-C
+  ends with one line and status 130. In a multirun a failed job is recorded by the
+  job itself and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from pipeline.errors import PipelineError
+from pipeline.paths import CONFIG_DIR, find_project_root
+from pipeline.schema import backend_name, check_config
+
+log = logging.getLogger(__name__)
+
+# Config groups whose chosen file name becomes the `name` of the node (`optimizer.name`).
+NAMED_GROUPS = ("optimizer", "model")
+# The overrides a DVC-run stage added from params.yaml (logged, and tagged on MLflow runs).
+DVC_OVERRIDES_ENV = "MNIST_PIPELINE_DVC_OVERRIDES"
+
+
+def prepare_config(cfg: DictConfig, choices: Mapping[str, Any]) -> DictConfig:
+    """Name the chosen group files, check the config, select the Keras backend."""
+    with open_dict(cfg):
+        for group in NAMED_GROUPS:
+            if cfg.get(group) is not None and not cfg[group].get("name"):
+                cfg[group].name = str(choices.get(group) or group)
+    check_config(cfg)
+    select_backend(backend_name(cfg))
+    return cfg
+
+
+def select_backend(backend: str) -> None:
+    """Make `backend` Keras' backend; Keras reads it once, at its first import."""
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != backend:
+            raise PipelineError(
+                f"train.backend={backend} but this process already runs Keras on {keras.backend.backend()}: "
+                "a process has one backend. Run it as its own command (a sweep over train.backend needs "
+                "hydra/launcher=submitit_local, one process per job)."
+            )
+        return
+    os.environ["KERAS_BACKEND"] = backend
+
+
+def dvc_overrides() -> list[str]:
+    """When DVC runs this stage: the overrides that compose conf/ into params.yaml."""
+    if not os.environ.get("DVC_STAGE") or DVC_OVERRIDES_ENV in os.environ:
+        return []
+    from pipeline.params import infer_overrides, read_params
+
+    params = read_params(find_project_root())
+    overrides = infer_overrides(params)
+    swept = _swept_keys(params) if "-m" in sys.argv or "--multirun" in sys.argv else set()
+    kept = [
+        o for o in overrides if not any(_override_key(o) == k or _override_key(o).startswith(f"{k}.") for k in swept)
+    ]
+    os.environ[DVC_OVERRIDES_ENV] = " ".join(kept)
+    return kept
+
+
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _swept_keys(params: dict) -> set[str]:
+    return set((params.get("sweep") or {}).get("grid") or {})
+
+
+def stage_main(run: Callable[[DictConfig], Any], config_name: str = "config") -> Callable[[], Any]:
+    """`main()` for a stage: Hydra's app around `run(cfg)`, with the pipeline's error handling."""
+    import hydra
+
+    def task(cfg: DictConfig) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if os.environ.get(DVC_OVERRIDES_ENV):
+            log.info("Run by DVC: settings from params.yaml (%s)", os.environ[DVC_OVERRIDES_ENV])
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return run(cfg)  # a sweep job records its own failure and returns NaN
+        try:
+            if config_name == "config":
+                prepare_config(cfg, hydra_cfg.runtime.choices)
+            return run(cfg)
+        except PipelineError as err:
+            log.error("%s", err)
+            sys.exit(1)
+        except Exception as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            log.error("%s: %s (HYDRA_FULL_ERROR=1 shows the traceback)", type(err).__name__, err)
+            sys.exit(1)
+
+    # Hydra names the job (and its log folder) after the module of the task function.
+    task.__module__ = run.__module__
+    task.__qualname__ = task.__name__ = run.__name__
+    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
+
+    @functools.wraps(run)
+    def main() -> Any:
+        try:
+            sys.argv += dvc_overrides()
+            return app()
+        except PipelineError as err:
+            logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+            log.error("%s", err)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("Interrupted (Ctrl-C); every MLflow run this command started ended KILLED.", file=sys.stderr)
+            sys.exit(130)
+
+    return main

@@ -1,0 +1,231 @@
+"""The config schema: types and defaults as structured configs, plus the range rules.
+
+`conf/config.yaml` starts its defaults list with `schema` (the `Config` dataclass below,
+registered in Hydra's ConfigStore), so Hydra refuses a misspelt key or a value of the
+wrong type while composing. A key added with `+` bypasses that check, so `check_config`
+walks the composed config against the schema once more, then applies the range rules
+that types cannot express. Every message names the key, the value, what is allowed
+and a fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from pipeline.errors import PipelineError
+
+FULL_BATCH = "full"
+
+
+class Backend(enum.Enum):
+    """Keras backends the pipeline supports (`train.backend`)."""
+
+    jax = "jax"
+    tensorflow = "tensorflow"
+
+
+@dataclass
+class PathsConfig:
+    root: str | None = None  # null: the project root (the folder holding dvc.yaml)
+    raw_dir: str = "data/raw"
+    processed_dir: str = "data/processed"
+    models_dir: str = "models"
+    reports_dir: str = "reports"
+    mlruns_dir: str = "mlruns"
+    logs_dir: str = "logs"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    num_classes: int = 10
+    image_shape: list[int] = field(default_factory=lambda: [28, 28])
+    connect_timeout: float = 5.0
+    mirrors: list[Any] = MISSING  # {url, sha256, ...} entries; sources.check_mirrors checks each
+
+
+@dataclass
+class SplitConfig:
+    val_fraction: float = 0.1
+    seed: int = 42
+
+
+@dataclass
+class ModelConfig:
+    name: str | None = None  # null: the name of the chosen conf/model/ file
+    hidden_units: list[int] = field(default_factory=lambda: [512])
+    activation: str = "relu"
+
+
+@dataclass
+class DivergenceConfig:
+    # An epoch has diverged when its training loss is not finite, or when its training
+    # accuracy is within `chance_margin` of chance (1 / classes) while its loss exceeds
+    # `loss_factor` x ln(classes), the loss of a uniform guess (pipeline/trainer.py).
+    chance_margin: float = 0.05
+    loss_factor: float = 2.0
+
+
+@dataclass
+class TrainConfig:
+    backend: Backend = Backend.jax
+    epochs: int = 5
+    batch_size: Any = 128  # a positive integer, or "full"
+    seed: int = 0
+    loss: str = "categorical_crossentropy"
+    metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+    steps_per_execution: int = 64
+    jit_compile: bool = True
+    threads: int | None = None
+    verbose: Any = "auto"
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "mnist"
+    log_model: bool = True
+    server_timeout_s: float = 10.0
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    grid: dict[str, str] = field(default_factory=dict)
+    seeds: int = 1
+
+
+@dataclass
+class CompareConfig:
+    parent_run_id: str | None = None
+    alpha: float = 0.05
+
+
+@dataclass
+class Config:
+    """The whole composed config of a stage (the `hydra` node aside)."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: dict[str, Any] = field(default_factory=dict)  # `_target_` + its arguments
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+
+ConfigStore.instance().store(name="schema", node=Config)
+
+
+def _bad(key: str, value: Any, allowed: str, example: str) -> PipelineError:
+    return PipelineError(f"{key}={value!r} is not allowed: {allowed}. Fix it, e.g. {key}={example}")
+
+
+def check_unknown_keys(node: Any, schema: type, prefix: str = "") -> None:
+    """Refuse keys the schema does not know (Hydra lets `+key=value` add any)."""
+    known = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node:
+        full = f"{prefix}{key}"
+        if key not in known:
+            raise PipelineError(
+                f"{full} is not a setting of this pipeline (misspelt?). The settings under "
+                f"{prefix.rstrip('.') or 'the top level'} are: {', '.join(sorted(known))}. "
+                f"Remove it or use one of those, e.g. {prefix}{next(iter(sorted(known)))}=..."
+            )
+        child = node[key]
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+            check_unknown_keys(child, OmegaConf.get_type(child), f"{full}.")
+
+
+def check_batch_size(value: Any) -> None:
+    """A positive integer or `full` (the whole training set as one batch)."""
+    if not (value == FULL_BATCH or (_is_int(value) and value > 0)):
+        raise _bad(
+            "train.batch_size", value, f"a positive integer or '{FULL_BATCH}' (full-batch gradient descent)", "128"
+        )
+
+
+def resolve_batch_size(value: Any, n_train: int) -> int:
+    """The number of samples per step; `full` is the whole training set."""
+    check_batch_size(value)
+    return n_train if value == FULL_BATCH else min(int(value), n_train)
+
+
+def check_val_fraction(value: Any) -> float:
+    """The validation fraction, strictly between 0 and 1."""
+    if not (_is_number(value) and 0 < value < 1):
+        raise _bad("split.val_fraction", value, "a number strictly between 0 and 1", "0.1")
+    return float(value)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse unknown keys and out-of-range values of a composed config (cheap, no imports)."""
+    check_unknown_keys(cfg, Config)
+    train = cfg.train
+    check_batch_size(train.batch_size)
+    positive_ints = {
+        "train.epochs": (train.epochs, "5"),
+        "train.steps_per_execution": (train.steps_per_execution, "64"),
+    }
+    positive_ints["sweep.seeds"] = (cfg.sweep.seeds, "3")
+    for key, (value, example) in positive_ints.items():
+        if value <= 0:
+            raise _bad(key, value, "a positive integer", example)
+    if not 0 <= train.seed < 2**32:
+        raise _bad("train.seed", train.seed, "an integer in [0, 2**32)", "0")
+    if train.threads is not None and train.threads <= 0:
+        raise _bad("train.threads", train.threads, "a positive integer or null (all cores)", "2")
+    if not 0 <= train.divergence.chance_margin < 1:
+        raise _bad("train.divergence.chance_margin", train.divergence.chance_margin, "a number in [0, 1)", "0.05")
+    if not train.divergence.loss_factor > 1:
+        raise _bad("train.divergence.loss_factor", train.divergence.loss_factor, "a number > 1", "2.0")
+    check_optimizer(cfg.optimizer)
+    units = cfg.model.hidden_units
+    if not units or not all(u > 0 for u in units):
+        raise _bad("model.hidden_units", list(units), "a non-empty list of positive integers (layer sizes)", "[512]")
+    check_val_fraction(cfg.split.val_fraction)
+    if not 0 <= cfg.split.seed < 2**32:
+        raise _bad("split.seed", cfg.split.seed, "an integer in [0, 2**32)", "42")
+    if not 0 < cfg.compare.alpha < 1:
+        raise _bad("compare.alpha", cfg.compare.alpha, "a significance level strictly between 0 and 1", "0.05")
+    timeout = cfg.tracking.server_timeout_s
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise _bad("tracking.server_timeout_s", timeout, "a number of seconds > 0", "10")
+
+
+def check_optimizer(optimizer: DictConfig) -> None:
+    """`_target_` names a class; the learning rate is a finite number > 0; momentum in [0, 1)."""
+    target = optimizer.get("_target_")
+    if not isinstance(target, str) or "." not in target:
+        raise _bad("optimizer._target_", target, "the dotted path of an optimizer class", "keras.optimizers.Adam")
+    lr = optimizer.get("learning_rate")
+    if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+        raise _bad("optimizer.learning_rate", lr, "a finite number > 0", "0.001")
+    momentum = optimizer.get("momentum")
+    if momentum is not None and not (_is_number(momentum) and 0 <= momentum < 1):
+        raise _bad("optimizer.momentum", momentum, "a number in [0, 1)", "0.9")
+
+
+def backend_name(cfg: DictConfig) -> str:
+    """`train.backend` as a plain string (`jax`, `tensorflow`)."""
+    backend = cfg.train.backend
+    return str(backend.value if isinstance(backend, Backend) else backend)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

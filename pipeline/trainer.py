@@ -1,0 +1,311 @@
+"""Training: fit the configured Keras model, epoch by epoch, on either Keras backend.
+
+- `train.backend=jax` (the default, fastest here: benchmarks/README.md): one compiled
+  program per epoch. The Keras model and optimizer run through Keras' stateless API
+  (`model.stateless_call`, `optimizer.stateless_apply`) inside `jax.lax.scan`, so the
+  maths is Keras' own (initialisers, optimizer updates, loss), without `fit`'s
+  per-step Python. The compiled program is cached per model and optimizer shape, so
+  the seeds and jobs of a sweep in one process compile it once.
+- `train.backend=tensorflow`: `model.fit` with XLA and `steps_per_execution`.
+
+Both shuffle every epoch from `train.seed`, report the same per-epoch row (loss and
+accuracy weighted by batch size, as Keras does, then validation loss and accuracy),
+and stop a run that diverges (`check_divergence`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.data import INFERENCE_BATCH_SIZE, Split
+from pipeline.errors import PipelineError
+from pipeline.schema import backend_name, resolve_batch_size
+
+log = logging.getLogger(__name__)
+
+# Columns of the per-epoch history that depend on the data and seed only (DVC plots);
+# timings go to MLflow, never into a DVC output.
+CURVE_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+THREADS_ENV = "MNIST_PIPELINE_THREADS"  # set per sweep job so parallel jobs share the cores
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+class DivergedError(PipelineError):
+    """The run's weights blew up (see `check_divergence`)."""
+
+
+@dataclass
+class TrainResult:
+    """A trained model and what was measured while training it."""
+
+    model: Any
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    batch_size: int = 0
+    threads: int = 0
+
+
+def check_divergence(row: dict[str, float], num_classes: int, rule: DictConfig) -> None:
+    """Raise `DivergedError` when an epoch's training loss or accuracy says the weights blew up.
+
+    Rule: the loss is not finite, or the training accuracy is within
+    `rule.chance_margin` of chance (1 / classes) while the loss exceeds
+    `rule.loss_factor` x ln(classes), the loss of a uniform guess. An untrained or slowly
+    starting network (full-batch SGD after a few steps) sits near chance with a loss
+    close to ln(classes) and passes; a network whose weights blew up is at chance and
+    confidently wrong. Keras clips probabilities, so the loss can stay finite then.
+    """
+    loss, accuracy, epoch = row["loss"], row.get("accuracy", math.nan), int(row["epoch"])
+    hint = "lower optimizer.learning_rate, e.g. optimizer.learning_rate=0.01"
+    if not math.isfinite(loss):
+        raise DivergedError(f"diverged at epoch {epoch}: training loss is {loss} ({hint})")
+    chance, uniform_loss = 1.0 / num_classes, math.log(num_classes)
+    if accuracy <= chance + rule.chance_margin and loss > rule.loss_factor * uniform_loss:
+        raise DivergedError(
+            f"diverged at epoch {epoch}: training accuracy {accuracy:.4f} is at chance ({chance:.2f}) "
+            f"while the loss {loss:.4g} is above {rule.loss_factor:g} x ln({num_classes}) = "
+            f"{rule.loss_factor * uniform_loss:.2f}, worse than guessing ({hint})"
+        )
+
+
+def keras_verbosity(setting: Any) -> int:
+    """Progress bar on a terminal, one line per epoch otherwise (logs, CI, DVC)."""
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(setting)
+
+
+def thread_count(cfg: DictConfig) -> int | None:
+    """Intra-op threads asked for: `train.threads`, else a sweep job's share, else None (all)."""
+    threads = cfg.train.get("threads") or os.environ.get(THREADS_ENV)
+    return int(threads) if threads else None
+
+
+def limit_threads(threads: int | None) -> None:
+    """Ask XLA (JAX) for `threads` compute threads; must happen before JAX starts."""
+    if threads and "jax" not in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "intra_op_parallelism_threads" not in flags:
+            extra = f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+            os.environ["XLA_FLAGS"] = f"{flags} {extra}intra_op_parallelism_threads={threads}".strip()
+
+
+def fit(cfg: DictConfig, train: Split, val: Split, on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Build, compile and fit the model on `train` from `train.seed`, validating on `val` every epoch."""
+    threads = thread_count(cfg)
+    batch_size = resolve_batch_size(cfg.train.batch_size, len(train.x))
+    fit_backend = _fit_jax if backend_name(cfg) == "jax" else _fit_tensorflow
+    history: list[dict[str, float]] = []
+
+    def end_epoch(row: dict[str, float]) -> None:
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        check_divergence(row, train.y.shape[1], cfg.train.divergence)
+
+    model, seconds, used_threads = fit_backend(cfg, train, val, batch_size, threads, end_epoch)
+    return TrainResult(model, history, seconds, batch_size, used_threads)
+
+
+def history_csv(history: list[dict[str, float]]) -> str:
+    """The per-epoch curves as CSV (deterministic columns only; for `dvc plots`)."""
+    import pandas as pd
+
+    return pd.DataFrame(history, columns=CURVE_COLUMNS).to_csv(index=False, lineterminator="\n")
+
+
+def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
+    import keras
+    import tensorflow as tf
+
+    from pipeline.model import build_model, build_optimizer
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:  # already initialised in this process (a later job of a sweep)
+            pass
+    keras.utils.set_random_seed(int(cfg.train.seed))  # seeds the shuffling of fit
+    model = build_model(cfg, train.x.shape[1], train.y.shape[1])
+    model.compile(
+        optimizer=build_optimizer(cfg),
+        loss=cfg.train.loss,
+        metrics=list(cfg.train.metrics),
+        steps_per_execution=int(cfg.train.steps_per_execution),
+        jit_compile=bool(cfg.train.jit_compile),
+    )
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.started
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": len(train.x) / seconds})
+
+    started = time.perf_counter()
+    model.fit(
+        train.x,
+        train.y,
+        batch_size=batch_size,
+        epochs=int(cfg.train.epochs),
+        validation_data=(val.x, val.y),
+        validation_batch_size=INFERENCE_BATCH_SIZE,
+        shuffle=True,
+        verbose=keras_verbosity(cfg.train.verbose),
+        callbacks=[EpochEnd()],
+    )
+    seconds = time.perf_counter() - started
+    return model, seconds, tf.config.threading.get_intra_op_parallelism_threads() or (os.cpu_count() or 1)
+
+
+def _fit_jax(cfg, train, val, batch_size, threads, end_epoch):
+    from pipeline.model import build_model, build_optimizer
+
+    limit_threads(threads)
+    model = build_model(cfg, train.x.shape[1], train.y.shape[1])
+    optimizer = build_optimizer(cfg)
+    optimizer.build(model.trainable_variables)
+    program = JaxProgram.for_model(cfg, model, optimizer)
+    state = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+    )
+    x, y = device_array(train.x), device_array(train.y)
+    n, rng = len(train.x), np.random.default_rng(int(cfg.train.seed))
+    steps = -(-n // batch_size)
+    verbose = keras_verbosity(cfg.train.verbose)
+    epochs = int(cfg.train.epochs)
+    fit_started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        index = np.zeros(steps * batch_size, dtype=np.int32)
+        index[:n] = rng.permutation(n)
+        weight = np.zeros(steps * batch_size, dtype=np.float32)
+        weight[:n] = 1.0
+        state, loss_sum, correct = program.epoch(
+            state, x, y, index.reshape(steps, batch_size), weight.reshape(steps, batch_size)
+        )
+        val_loss, val_accuracy = program.evaluate(state[0], state[1], device_array(val.x), device_array(val.y))
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch, "loss": float(loss_sum) / n, "accuracy": float(correct) / n}
+        row.update(val_loss=val_loss, val_accuracy=val_accuracy)
+        if verbose:
+            print(
+                f"Epoch {epoch}/{epochs} - {seconds:.1f}s - "
+                + " - ".join(f"{k}: {row[k]:.4f}" for k in CURVE_COLUMNS[1:]),
+                flush=True,
+            )
+        end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": n / seconds})
+    seconds = time.perf_counter() - fit_started
+    for variable, value in zip(model.trainable_variables, state[0], strict=True):
+        variable.assign(value)
+    for variable, value in zip(model.non_trainable_variables, state[1], strict=True):
+        variable.assign(value)
+    return model, seconds, threads or (os.cpu_count() or 1)
+
+
+_DEVICE_ARRAYS: dict[int, tuple[np.ndarray, Any]] = {}
+
+
+def device_array(array: np.ndarray) -> Any:
+    """`array` on the JAX device, copied once per process (the splits are read-only and shared)."""
+    import jax.numpy as jnp
+
+    cached = _DEVICE_ARRAYS.get(id(array))
+    if cached is None or cached[0] is not array:
+        cached = (array, jnp.asarray(array))
+        _DEVICE_ARRAYS[id(array)] = cached
+    return cached[1]
+
+
+class JaxProgram:
+    """The compiled epoch and evaluation of one model and optimizer shape (cached per process).
+
+    Only the learning rate may differ between runs sharing a program: Keras keeps it
+    in an optimizer variable, which is passed in, while the other hyperparameters are
+    compiled in and so are part of the cache key.
+    """
+
+    _cache: dict[tuple, JaxProgram] = {}
+
+    def __init__(self, model: Any, optimizer: Any, loss: str) -> None:
+        import jax
+
+        self.model, self.optimizer = model, optimizer
+        self.loss = loss
+        self.epoch = jax.jit(self._epoch, donate_argnums=(0,))
+        self._evaluate = jax.jit(self._evaluate_batch)
+
+    @classmethod
+    def for_model(cls, cfg: DictConfig, model: Any, optimizer: Any) -> JaxProgram:
+        optimizer_config = {k: v for k, v in optimizer.get_config().items() if k not in ("learning_rate", "name")}
+        key = (
+            repr(OmegaConf.to_container(cfg.model, resolve=True)),
+            model.input_shape,
+            model.output_shape,
+            type(optimizer).__qualname__,
+            repr(sorted(optimizer_config.items())),
+            str(cfg.train.loss),
+        )
+        program = cls._cache.get(key)
+        if program is None:
+            program = cls._cache[key] = cls(model, optimizer, str(cfg.train.loss))
+        return program
+
+    def _batch_loss(self, trainable, non_trainable, x, y, w):
+        import jax.numpy as jnp
+        import keras
+
+        y_pred, non_trainable = self.model.stateless_call(trainable, non_trainable, x, training=True)
+        per_sample = keras.losses.get(self.loss)(y, y_pred)
+        count = jnp.maximum(w.sum(), 1.0)
+        correct = ((y_pred.argmax(-1) == y.argmax(-1)) * w).sum()
+        return (per_sample * w).sum() / count, (non_trainable, correct, count)
+
+    def _step(self, state, batch):
+        import jax
+
+        trainable, non_trainable, optimizer_vars = state
+        x_all, y_all, index, w = batch
+        x, y = x_all[index], y_all[index]
+        (loss, (non_trainable, correct, count)), grads = jax.value_and_grad(self._batch_loss, has_aux=True)(
+            trainable, non_trainable, x, y, w
+        )
+        trainable, optimizer_vars = self.optimizer.stateless_apply(optimizer_vars, grads, trainable)
+        return (trainable, non_trainable, optimizer_vars), (loss * count, correct)
+
+    def _epoch(self, state, x, y, index, weight):
+        import jax
+
+        def body(carry, batch):
+            return self._step(carry, (x, y, *batch))
+
+        state, (loss_sums, corrects) = jax.lax.scan(body, state, (index, weight))
+        return state, loss_sums.sum(), corrects.sum()
+
+    def _evaluate_batch(self, trainable, non_trainable, x, y):
+        import keras
+
+        y_pred, _ = self.model.stateless_call(trainable, non_trainable, x, training=False)
+        per_sample = keras.losses.get(self.loss)(y, y_pred)
+        return per_sample.sum(), (y_pred.argmax(-1) == y.argmax(-1)).sum(), y_pred
+
+    def evaluate(self, trainable, non_trainable, x, y) -> tuple[float, float]:
+        """Mean loss and accuracy over `x`, in one compiled call."""
+        loss_sum, correct, _ = self._evaluate(trainable, non_trainable, x, y)
+        return float(loss_sum) / len(x), float(correct) / len(x)
