@@ -56,9 +56,10 @@ def write_together(writers: dict[Path, Callable[[Path], None]]) -> None:
     """Write several files as one unit: all of them are replaced, or none is.
 
     Each writer fills a temporary file beside its target; only when every writer has
-    succeeded are the files renamed into place (renames that cannot fail for want of
-    space or permission). If any writer fails, no target changes and the temporary
-    files are removed. A folder that cannot be written is named in the error.
+    succeeded are the files renamed into place, each old file first moved aside so
+    that a rename that fails puts every file back as it was. If any step fails, no
+    target changes and the temporary files are removed. A folder that cannot be
+    written is named in the error.
     """
     staged: list[tuple[Path, Path]] = []
     try:
@@ -81,12 +82,40 @@ def write_together(writers: dict[Path, Callable[[Path], None]]) -> None:
                 os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        for tmp, target in staged:
+        for tmp, _ in staged:
             tmp.chmod(0o666 & ~umask)
-            os.replace(tmp, target)
+        _replace_all(staged)
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+
+
+def _replace_all(staged: list[tuple[Path, Path]]) -> None:
+    """Rename every temporary file onto its target; on any failure restore the old targets."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, target in staged:
+            backup = None
+            if target.is_file():
+                backup = target.with_name(f".{target.name}.previous")
+                os.replace(target, backup)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, target)
+                raise
+            done.append((target, backup))
+    except BaseException:
+        for target, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+        raise
+    for _, backup in done:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:

@@ -290,6 +290,17 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         "winner": cells[0].as_dict() if cells else None,
         "tied_with": tied,
         "answer": text,
+        # The same per cell as a mapping: `dvc metrics show` shows mappings, not lists.
+        "by_cell": {
+            c.label: {
+                "n": c.n,
+                "mean": c.mean,
+                "ci95_low": c.ci95[0],
+                "ci95_high": c.ci95[1],
+                "tied_with_winner": c.label in {t["cell"] for t in tied},
+            }
+            for c in cells
+        },
     }
     out = project_paths(cfg).sweep_dir
     files = {

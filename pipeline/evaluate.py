@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.app import stage_main
-from pipeline.atomic import sha256_file
+from pipeline.atomic import check_writable, sha256_file
 from pipeline.data import load_split
 from pipeline.errors import PipelineError
 from pipeline.jobs import evaluate_run, run_of_model
@@ -29,6 +29,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "(dvc repro train, or python -m pipeline.train)."
         )
     test = load_split(cfg, "test")
+    check_writable([outputs.metrics.parent])
     run_id = run_of_model(cfg, sha256_file(outputs.model)) if cfg.tracking.enabled else None
     import keras
 

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from pipeline.app import prepare_config, stage_main
+from pipeline.atomic import check_writable
 from pipeline.data import load_split
 from pipeline.jobs import evaluate_run, train_run
 from pipeline.model import build_optimizer
@@ -45,6 +46,7 @@ def run_experiment(
     outputs = outputs or project_paths(cfg).stage_outputs
     if parent_run_id is None:
         load_data_and_optimizer(cfg)
+        check_writable([outputs.model.parent, outputs.history.parent, outputs.metrics.parent])
     with tracked_run(cfg, run_name=name or run_name(cfg), parent_run_id=parent_run_id) as run:
         train, val, test = load_data_and_optimizer(cfg)
         run_id = run.info.run_id if run else None

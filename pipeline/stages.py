@@ -56,6 +56,8 @@ def stages() -> list[Stage]:
         Stage(
             "compose",
             "pipeline.params",
+            # params.yaml is an output, so every stage that reads it runs after this one.
+            outs=[{"params.yaml": {"cache": False}}],
             doc="conf/ -> params.yaml (left alone inside `dvc exp run`, where DVC composes it)",
         ),
         Stage(
@@ -180,7 +182,10 @@ def grid_option_files(params: dict, root: Path = PACKAGE_CHECKOUT) -> list[str]:
 
 
 def _path(spec: str, folders: dict[str, str]) -> str:
+    """`reports_dir/x.json` -> `reports/x.json`; a path without a folder key stays as it is."""
     key, _, rest = spec.partition("/")
+    if key not in folders:
+        return spec
     return f"{folders[key]}/{rest}" if rest else folders[key]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from pipeline.app import stage_main
+from pipeline.atomic import check_writable
 from pipeline.data import load_split
 from pipeline.jobs import train_run
 from pipeline.model import build_optimizer
@@ -22,9 +23,12 @@ from pipeline.trainer import TrainResult
 def train(cfg: DictConfig) -> TrainResult:
     """The train stage: one tracked training run whose outputs the evaluate stage reads."""
     splits = load_split(cfg, "train"), load_split(cfg, "val")
-    build_optimizer(cfg)  # an optimizer file with a bad argument fails before the run starts
+    outputs = project_paths(cfg).stage_outputs
+    # Bad input fails before a run starts: an optimizer argument, an unwritable output folder.
+    build_optimizer(cfg)
+    check_writable([outputs.model.parent, outputs.history.parent])
     with tracked_run(cfg, run_name=run_name(cfg)) as run:
-        return train_run(cfg, *splits, project_paths(cfg).stage_outputs, run.info.run_id if run else None)
+        return train_run(cfg, *splits, outputs, run.info.run_id if run else None)
 
 
 main = stage_main(train)  # python -m pipeline.train [overrides]

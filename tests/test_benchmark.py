@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PACKAGE_CHECKOUT
+from pipeline.paths import PACKAGE_CHECKOUT
 
 pytestmark = pytest.mark.slow
 

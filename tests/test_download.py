@@ -16,8 +16,8 @@ from conftest import run_module, tiny_arrays, write_idx_folder
 
 from pipeline.atomic import sha256_file
 from pipeline.download import download_dataset
-from pipeline.paths import project_paths
 from pipeline.errors import PipelineError
+from pipeline.paths import project_paths
 from pipeline.sources import DatasetFormatError, read_idx, safe_unpickle
 
 

@@ -1,27 +1,35 @@
-"""`dvc repro` end to end in a temporary git repo, on a tiny dataset."""
+"""DVC end to end in a temporary git repo on a tiny dataset: repro, exact dependencies,
+byte-identical outputs, DVC experiments with Hydra keys, the queue, and a shared remote."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import tiny_arrays
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.atomic import sha256_file, write_npz
-from pipeline.config import PACKAGE_CHECKOUT
+from pipeline.paths import PACKAGE_CHECKOUT
 
 pytestmark = pytest.mark.slow
 
+STAGES = ("compose", "download", "preprocess", "train", "evaluate", "sweep", "compare")
 
-def sh(*cmd: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+
+def sh(*cmd: str, cwd: Path, env: dict, ok: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if ok:
+        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
 
@@ -32,25 +40,41 @@ def edit_yaml(path: Path, **values) -> None:
     OmegaConf.save(cfg, path)
 
 
-def changed_stages(repo: Path, env: dict) -> set[str]:
-    status = json.loads(sh("dvc", "status", "--json", cwd=repo, env=env).stdout)
-    return set(status)
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> tuple[Path, dict]:
+def stale(repo: Path, env: dict) -> set[str]:
+    return set(json.loads(sh("dvc", "status", "--json", cwd=repo, env=env).stdout))
+
+
+def store(repo: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+
+
+def runs(repo: Path) -> list:
+    client = store(repo)
+    experiment = client.get_experiment_by_name("mnist")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def make_repo(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the project with a tiny dataset and a 2 x 1 grid of 2 seeds, committed."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("conf", "pipeline"):
+    for name in ("conf", "pipeline", "hydra_plugins"):
         shutil.copytree(PACKAGE_CHECKOUT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(PACKAGE_CHECKOUT / "dvc.yaml", repo / "dvc.yaml")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PACKAGE_CHECKOUT / name, repo / name)
     write_npz(tmp_path / "tiny.npz", tiny_arrays())
     edit_yaml(repo / "conf/dataset/mnist.yaml", mirrors=[{"url": str(tmp_path / "tiny.npz"), "sha256": None}])
     edit_yaml(repo / "conf/train/default.yaml", epochs=1, batch_size=32)
-    preset = repo / "conf/sweep/optimizers_x_batch_sizes.yaml"  # a 2-job grid keeps the test short
-    preset.write_text(preset.read_text().replace("sgd,momentum,rmsprop,adam", "sgd,adam").replace("32,128,512", "32"))
+    edit_yaml(
+        repo / "conf/sweep/optimizers_x_batch_sizes.yaml", grid={"optimizer": "sgd,adam", "train.batch_size": "32"}
+    )
+    edit_yaml(repo / "conf/sweep/optimizers_x_batch_sizes.yaml", seeds=2)
     bin_dir = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MNIST_PIPELINE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MNIST_PIPELINE_", "DVC_"))}
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         GIT_AUTHOR_NAME="t",
@@ -61,9 +85,19 @@ def repo(tmp_path: Path) -> tuple[Path, dict]:
     )
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("dvc", "init", "-q", cwd=repo, env=env)
+    shutil.copy(PACKAGE_CHECKOUT / ".dvc/config", repo / ".dvc/config")  # Hydra composition on
+    shutil.copytree(PACKAGE_CHECKOUT / ".dvc/plots", repo / ".dvc/plots")
+    (repo / ".gitignore").write_text("/mlruns/\n/logs/\n__pycache__/\n")
+    sh("python", "-m", "pipeline.params", cwd=repo, env=env)  # params.yaml for the tiny config
+    sh("python", "-m", "pipeline.stages", cwd=repo, env=env)
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "tiny", cwd=repo, env=env)
     return repo, env
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[Path, dict]:
+    return make_repo(tmp_path)
 
 
 def cached_outputs(repo: Path) -> dict[str, str]:
@@ -92,33 +126,157 @@ def round_trip_through_remote(repo: Path, env: dict, remote: Path) -> None:
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env).stdout, "no retraining"
 
 
+def imports_per_stage(output: str) -> dict[str, set[str]]:
+    """Project modules each stage imported while it ran (`-X importtime` lines in dvc repro's output)."""
+    found: dict[str, set[str]] = {}
+    stage = None
+    for line in output.splitlines():
+        if match := re.search(r"Running stage '(\w+)'", line):
+            stage = match.group(1)
+            found[stage] = set()
+        elif stage and (match := re.search(r"import time:.*\|\s+((pipeline|hydra_plugins)[\w.]*)\s*$", line)):
+            found[stage].add(match.group(1))
+    return found
+
+
+def module_path(module: str, repo: Path) -> str:
+    base = repo.joinpath(*module.split("."))
+    path = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+    return str(path.relative_to(repo))
+
+
 def test_dvc_repro_runs_all_stages_then_nothing(repo, tmp_path):
     repo, env = repo
     first = sh("dvc", "repro", cwd=repo, env=env).stdout
-    for stage in ("download", "preprocess", "train", "evaluate", "sweep", "compare"):
-        assert f"Running stage '{stage}'" in first
+    assert ran(first) == set(STAGES)
     summary = json.loads((repo / "reports/sweep/summary.json").read_text())
-    assert (summary["runs"], summary["finished"]) == (2, 2)
+    assert (summary["runs"], summary["finished"]) == (4, 4), "2 cells x 2 seeds"
+    assert {(c["cell"], c["n"]) for c in summary["cells"]} == {("sgd-bs32", 2), ("adam-bs32", 2)}
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
-    assert (repo / "models/model.keras").is_file()
     assert (repo / "mlruns/mlflow.db").is_file(), "the store lives under the temporary project"
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env).stdout
-    shown = sh("dvc", "metrics", "show", "--json", cwd=repo, env=env).stdout
-    assert "test_accuracy" in shown
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo, env=env).stdout)
+    values = json.dumps(shown)
+    assert "test_accuracy" in values and "tied_with_winner" in values and "ci95_low" in values
 
     # A teammate's machine: outputs come from the shared remote instead of retraining.
     round_trip_through_remote(repo, env, tmp_path / "dvc-remote")
 
-    # Editing an optimizer invalidates train (and so evaluate, which reads its model) and
-    # the sweep (and so compare), not download and preprocess.
-    edit_yaml(repo / "conf/optimizer/rmsprop.yaml", learning_rate=0.002)
-    assert changed_stages(repo, env) == {"train", "sweep"}
 
-    # Editing the validation fraction reruns preprocess (and what depends on its data), not download.
-    edit_yaml(repo / "conf/split/default.yaml", val_fraction=0.2)
-    second = sh("dvc", "repro", cwd=repo, env=env).stdout
-    assert "Running stage 'preprocess'" in second
-    assert "Running stage 'download'" not in second
-    processed = json.loads((repo / "data/processed/meta.json").read_text())
-    assert processed["tensors"]["val"]["x"]["shape"] == [80, 784]
+def test_every_edit_reruns_exactly_what_it_can_change(repo):
+    repo, env = repo
+    profile = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
+    first = subprocess.run(
+        ["dvc", "repro"], cwd=repo, env=profile, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert first.returncode == 0, first.stdout[-4000:]
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+
+    # Every project module a stage imported while it ran is one of its declared dependencies.
+    imported = imports_per_stage(first.stdout)
+    assert set(imported) == set(STAGES)
+    for stage, modules in imported.items():
+        assert modules, f"no import lines seen for {stage}"
+        missing = {module_path(m, repo) for m in modules} - set(dvc_yaml["stages"][stage]["deps"])
+        assert not missing, f"{stage} imports {missing} but does not depend on them"
+
+    # Identical runs give identical outputs: forcing every stage again changes no hash.
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    sh("dvc", "repro", "-f", "evaluate", cwd=repo, env=env)
+    again = yaml.safe_load((repo / "dvc.lock").read_text())
+    for stage in ("download", "preprocess", "train", "evaluate"):
+        assert again["stages"][stage]["outs"] == lock["stages"][stage]["outs"], stage
+
+    # Editing a module marks stale exactly the stages that import it, for every module.
+    for path in sorted([*repo.glob("pipeline/*.py"), *repo.glob("hydra_plugins/**/*.py")]):
+        relative = str(path.relative_to(repo))
+        original = path.read_text()
+        path.write_text(original + "\n# edited\n")
+        expected = {name for name, stage in dvc_yaml["stages"].items() if relative in stage["deps"]}
+        assert stale(repo, env) == expected, relative
+        path.write_text(original)
+    assert stale(repo, env) == set()
+
+    # Config edits (then dvc repro): exactly the stages whose inputs change rerun.
+    def edit_then_repro(path: str, **values) -> set[str]:
+        edit_yaml(repo / path, **values)
+        return ran(sh("dvc", "repro", cwd=repo, env=env).stdout)
+
+    (repo / "conf/optimizer/adagrad.yaml").write_text("_target_: keras.optimizers.Adagrad\nlearning_rate: 0.01\n")
+    assert stale(repo, env) == set(), "an optimizer file nothing selects reruns nothing"
+    config = (repo / "conf/config.yaml").read_text()
+    (repo / "conf/config.yaml").write_text(config.replace("optimizer: rmsprop", "optimizer: adam"))
+    assert ran(sh("dvc", "repro", cwd=repo, env=env).stdout) == {"compose", "train", "evaluate"}
+    train_run = runs(repo)[-1]
+    assert train_run.data.params["optimizer.name"] == "adam", "the default optimizer changed"
+    assert edit_then_repro("conf/compare/default.yaml", alpha=0.1) == {"compose", "compare"}
+    assert edit_then_repro("conf/tracking/mlflow.yaml", log_model=False) == {"compose"}
+    assert edit_then_repro("conf/sweep/optimizers_x_batch_sizes.yaml", seeds=1) == {"compose", "sweep", "compare"}
+    everything_but_data = {"compose", "train", "evaluate", "sweep", "compare"}
+    assert edit_then_repro("conf/train/default.yaml", epochs=2) == everything_but_data
+    assert edit_then_repro("conf/model/mlp.yaml", hidden_units=[64]) == everything_but_data
+    assert edit_then_repro("conf/split/default.yaml", seed=7) == everything_but_data | {"preprocess"}
+    # a dataset setting: download reruns, keeps the verified file, so nothing downstream changes
+    assert edit_then_repro("conf/dataset/mnist.yaml", connect_timeout=3) == {"compose", "download"}
+
+
+def test_dvc_experiments_with_hydra_keys(repo):
+    repo, env = repo
+    sh("dvc", "repro", cwd=repo, env=env)
+    sh("git", "add", "-A", cwd=repo, env=env)
+    sh("git", "commit", "-qm", "baseline", cwd=repo, env=env)
+
+    # The same keys and grammar as the Hydra command line, recorded and run exactly.
+    for override, key, value in [
+        ("train.epochs=2", "train.epochs", 2),
+        ("optimizer.learning_rate=0.01", "optimizer.learning_rate", 0.01),
+        ("train.batch_size=64", "train.batch_size", 64),
+    ]:
+        out = sh("dvc", "exp", "run", "-S", override, "train", cwd=repo, env=env)
+        assert "Running stage 'train'" in out.stdout
+        run = runs(repo)[-1]
+        assert str(run.data.params[key]) == str(value), override
+        assert run.data.tags["dvc.exp_name"], "the DVC experiment's name is a tag of its MLflow run"
+        assert yaml.safe_load((repo / "params.yaml").read_text())[key.split(".")[0]][key.split(".")[1]] == value
+
+    # `dvc exp run -S optimizer=adam` and `python -m pipeline.train optimizer=adam` train the same model.
+    sh("dvc", "exp", "run", "-S", "optimizer=adam", cwd=repo, env=env)
+    adam_exp = runs(repo)
+    trained = next(
+        r for r in reversed(adam_exp) if "model.sha256" in r.data.tags and "mlflow.parentRunId" not in r.data.tags
+    )
+    assert trained.data.params["optimizer.name"] == "adam"
+    assert trained.data.tags["dvc.params_overrides"] == "optimizer=adam"
+    exp_model = sha256_file(repo / "models/model.keras")
+    assert trained.data.tags["model.sha256"] == exp_model
+    sh("python", "-m", "pipeline.train", "optimizer=adam", cwd=repo, env=env)
+    assert sha256_file(repo / "models/model.keras") == exp_model, "byte-identical model"
+    sh("git", "checkout", "--", ".", cwd=repo, env=env)
+
+    # exp show: hyperparameters and metrics as columns; params diff: what changed.
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env).stdout)
+    text = json.dumps(shown)
+    for column in ("train.epochs", "optimizer.learning_rate", "test_accuracy"):
+        assert column.split(".")[-1] in text, column
+    diff = sh("dvc", "params", "diff", "--all", cwd=repo, env=env).stdout
+    assert "train.epochs" in diff or "Params" in diff
+
+    # The queue: two experiments, two workers, each tracked in MLflow with its name.
+    before = {r.info.run_id for r in runs(repo)}
+    for value in ("sgd", "momentum"):
+        sh("dvc", "exp", "run", "--queue", "-S", f"optimizer={value}", "train", cwd=repo, env=env)
+    sh("dvc", "queue", "start", "-j", "2", cwd=repo, env=env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = sh("dvc", "queue", "status", cwd=repo, env=env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") >= 2, status
+    new = [r for r in runs(repo) if r.info.run_id not in before]
+    assert {r.data.params["optimizer.name"] for r in new} == {"sgd", "momentum"}
+    assert all(r.info.status == "FINISHED" and r.data.tags.get("dvc.exp_name") for r in new)
+    names = json.dumps(json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env).stdout))
+    for run in new:
+        assert run.data.tags["dvc.exp_name"] in names

@@ -14,9 +14,8 @@ import pytest
 from conftest import http_get, mlflow_service, run_module
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import PACKAGE_CHECKOUT
-from pipeline.sweep import SWEEP_ROLE_TAG
-from pipeline.tracking import tracking_uri
+from pipeline.paths import PACKAGE_CHECKOUT
+from pipeline.tracking import SWEEP_ROLE_TAG, tracking_uri
 
 try:
     from playwright.sync_api import Locator, Page, expect, sync_playwright
@@ -44,7 +43,8 @@ HIDDEN_COLUMNS = ["Dataset", "Source", "Models"]
 LOSS_CHARTS = ["loss", "val_loss", "test_loss"]
 PARALLEL_PARAMS = ["optimizer.name", "train.batch_size"]
 PARALLEL_METRIC = "test_accuracy"
-SCREENSHOTS = PACKAGE_CHECKOUT / "reports" / "ui"
+# Screenshots go to the test's own folder; MNIST_PIPELINE_SCREENSHOTS=reports/ui refreshes the README's.
+SCREENSHOTS_ENV = "MNIST_PIPELINE_SCREENSHOTS"
 FIRST_RENDER_MS = 90_000
 UI_TIMEOUT_MS = 30_000
 # The parallel-coordinates chart draws its lines on a canvas: count the lines crossing the column a quarter
@@ -190,8 +190,9 @@ def show_parallel_coordinates(page: Page) -> None:
     expect_lines(page, plot, len(CHILDREN))
 
 
-def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg):
+def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg, tmp_path):
     require_browser()
+    screenshots = PACKAGE_CHECKOUT / os.environ[SCREENSHOTS_ENV] if os.environ.get(SCREENSHOTS_ENV) else tmp_path
 
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)
@@ -200,13 +201,14 @@ def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg):
         "-m",
         f"paths.root={root}",
         "train.epochs=2",
+        "sweep=none",
         "optimizer=sgd,adam",
         "train.batch_size=16,64",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     parent = sweep_parent_name(cfg)
     assert parent.startswith("sweep-")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshots.mkdir(parents=True, exist_ok=True)
 
     with mlflow_service("ui", "--backend-store-uri", cfg.tracking.uri) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -216,10 +218,10 @@ def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg):
             open_runs_table(page, base, experiment_id(base, cfg.tracking.experiment), parent)
             expand_parent(page, parent)
             choose_columns(page)
-            page.screenshot(path=SCREENSHOTS / "mlflow_runs.png")
+            page.screenshot(path=screenshots / "mlflow_runs.png")
             show_loss_charts(page)
-            page.screenshot(path=SCREENSHOTS / "mlflow_charts.png")
+            page.screenshot(path=screenshots / "mlflow_charts.png")
             show_parallel_coordinates(page)
-            page.screenshot(path=SCREENSHOTS / "mlflow_parallel.png")
+            page.screenshot(path=screenshots / "mlflow_parallel.png")
         finally:
             browser.close()

@@ -1,0 +1,246 @@
+"""No false records: faults provoked for real leave every run, output and report true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import mlflow_service, run_module
+from mlflow.tracking import MlflowClient
+
+from pipeline.atomic import sha256_file
+from pipeline.data import load_split
+from pipeline.errors import PipelineError
+from pipeline.evaluate import evaluate
+from pipeline.paths import PACKAGE_CHECKOUT, project_paths
+from pipeline.tracking import setup_tracking, tracking_uri
+from pipeline.train import train
+from pipeline.trainer import DivergedError
+
+
+def store(cfg) -> tuple[MlflowClient, list]:
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client, (client.search_runs([experiment.experiment_id]) if experiment else [])
+
+
+def popen(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=PACKAGE_CHECKOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> list[str]:
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix) or time.monotonic() > deadline:
+            break
+    return seen
+
+
+def test_failed_write_after_training_keeps_the_previous_model_and_its_run(tiny_data_cfg):
+    """history.csv cannot be replaced after training: the model is not replaced either."""
+    cfg = tiny_data_cfg()
+    train(cfg)
+    evaluate(cfg)
+    outputs = project_paths(cfg).stage_outputs
+    good_model = outputs.model.read_bytes()
+    outputs.history.unlink()
+    outputs.history.mkdir()  # a real folder where the file goes: the final rename fails
+    cfg.train.seed = 1
+    with pytest.raises(OSError, match="Is a directory"):
+        train(cfg)
+    assert outputs.model.read_bytes() == good_model, "the previous good model is still there"
+    assert not [p for p in outputs.model.parent.iterdir() if p.name.startswith(".")], "no temporary files left"
+    _, runs = store(cfg)
+    statuses = sorted(r.info.status for r in runs)
+    assert statuses == ["FAILED", "FINISHED"]
+    outputs.history.rmdir()
+    metrics = evaluate(cfg)  # logs into the run that trained this very file
+    client, runs = store(cfg)
+    (finished,) = [r for r in runs if r.info.status == "FINISHED"]
+    assert finished.data.tags["model.sha256"] == sha256_file(outputs.model)
+    assert finished.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_evaluate_refuses_a_model_no_run_recorded(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    train(cfg)
+    model = project_paths(cfg).stage_outputs.model
+    model.write_bytes(model.read_bytes() + b"\0")  # someone else's file now
+    with pytest.raises(PipelineError, match="No finished training run .* recorded this model"):
+        evaluate(cfg)
+
+
+def test_unwritable_output_folder_fails_before_training(tiny_data_cfg):
+    """An output folder that cannot be written (here a file in its place, which stops root too)."""
+    cfg = tiny_data_cfg()
+    reports = project_paths(cfg).reports_dir
+    shutil.rmtree(reports, ignore_errors=True)
+    reports.write_text("not a folder")
+    result = run_module("pipeline.train", f"paths.root={cfg.paths.root}")
+    assert result.returncode == 1
+    assert f"Cannot write to {reports}" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    _, runs = store(cfg)
+    assert runs == []
+
+
+@pytest.mark.parametrize("learning_rate", [100.0, 1e4])
+def test_finite_divergence_is_caught(tiny_data_cfg, learning_rate):
+    """SGD blown up to chance accuracy, with a finite (clipped) loss, is a FAILED run."""
+    cfg = tiny_data_cfg("optimizer=sgd", f"optimizer.learning_rate={learning_rate}", "train.epochs=3")
+    with pytest.raises(DivergedError, match="diverged at epoch 1"):
+        train(cfg)
+    _, runs = store(cfg)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["failure_reason"].startswith("diverged at epoch 1")
+
+
+@pytest.mark.parametrize("batch", ["1", "full"])
+def test_divergence_rule_spares_healthy_extremes(tiny_data_cfg, batch):
+    """Batch size 1 and full-batch gradient descent (near chance after few steps) are healthy runs."""
+    cfg = tiny_data_cfg("optimizer=sgd", f"train.batch_size={batch}", "train.epochs=2")
+    train(cfg)
+    _, runs = store(cfg)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def test_data_hashes_are_measured_from_the_bytes_read(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    paths = project_paths(cfg)
+    shutil.copy(paths.processed("val"), paths.processed("train"))
+    with pytest.raises(PipelineError, match="train.npz .* is not the file preprocess wrote"):
+        train(cfg)
+    paths.processed_meta.unlink()
+    with pytest.raises(PipelineError, match="meta.json is missing"):
+        train(cfg)
+    _, runs = store(cfg)
+    assert runs == []
+
+
+@pytest.mark.parametrize(
+    ("content", "name"),
+    [(b"garbage, not a zip", "BadZipFile"), (None, "truncated")],
+)
+def test_damaged_processed_file_is_one_line(tiny_data_cfg, content, name):
+    cfg = tiny_data_cfg()
+    path = project_paths(cfg).processed("train")
+    data = path.read_bytes()
+    path.write_bytes(content if content is not None else data[: len(data) // 2])
+    result = run_module("pipeline.train", f"paths.root={cfg.paths.root}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "Traceback" not in output
+    assert "train.npz" in output and "rerun preprocess" in output, name
+
+
+def test_split_settings_must_match_the_data(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    result = run_module("pipeline.train", f"paths.root={cfg.paths.root}", "split.val_fraction=0.5", "split.seed=7")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "asks for split.val_fraction=0.5 split.seed=7, but the processed data was made with" in output
+    assert "split.val_fraction=0.1 split.seed=42" in output
+    _, runs = store(cfg)
+    assert runs == []
+    assert load_split(cfg, "train").x.shape[0] == 360
+
+
+def test_killed_training_run_is_closed_by_the_next_command(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    proc = popen("pipeline.train", f"paths.root={cfg.paths.root}", "train.epochs=100000", "train.batch_size=8")
+    wait_for(proc, "Epoch 2/")
+    proc.kill()  # SIGKILL: no finally block, no atexit
+    proc.wait(timeout=60)
+    _, runs = store(cfg)
+    assert [r.info.status for r in runs] == ["RUNNING"], "the store cannot know yet"
+    setup_tracking(cfg)  # what every later stage does first
+    _, runs = store(cfg)
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert f"process {proc.pid} on" in runs[0].data.tags["failure_reason"]
+
+
+def test_killed_sweep_parent_and_child_are_closed_and_compare_names_no_winner(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    proc = popen(
+        "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
+        "train.epochs=100000", "train.batch_size=8",
+    )  # fmt: skip
+    wait_for(proc, "Epoch 2/")
+    proc.kill()
+    proc.wait(timeout=60)
+    assert not project_paths(cfg).sweep_record.exists(), "the killed sweep recorded nothing"
+    _, runs = store(cfg)
+    assert sorted(r.info.status for r in runs) == ["RUNNING", "RUNNING"], "the store cannot know yet"
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    result = run_module(
+        "pipeline.compare", f"paths.root={cfg.paths.root}", f"compare.parent_run_id={parent.info.run_id}"
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "is KILLED" in output and "names no winner" in output
+    assert not project_paths(cfg).sweep_dir.joinpath("summary.json").exists()
+    _, runs = store(cfg)
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], "parent and the job under way, closed"
+
+
+def test_concurrent_stages_on_a_fresh_store_never_crash(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    assert not project_paths(cfg).store_db.exists(), "a fresh store"
+    procs = [popen("pipeline.train", f"paths.root={cfg.paths.root}", f"train.seed={seed}") for seed in range(3)]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(o[-1500:] for o in outputs)
+    _, runs = store(cfg)
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+
+
+def test_ctrl_c_is_one_line(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    proc = popen("pipeline.train", f"paths.root={cfg.paths.root}", "train.epochs=100000", "train.batch_size=8")
+    wait_for(proc, "Epoch 2/")
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    assert "Interrupted (Ctrl-C)" in output
+
+
+@pytest.mark.slow
+def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_cfg, tmp_path):
+    cfg = tiny_data_cfg()
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    args = ("--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1")
+    with mlflow_service("server", *args) as base:
+        proc = popen(
+            "pipeline.train", f"paths.root={cfg.paths.root}", "tracking=server", f"tracking.uri={base}",
+            "train.epochs=100000", "train.batch_size=8",
+        )  # fmt: skip
+        wait_for(proc, "Epoch 3/")
+    stopped = time.monotonic()  # the server is gone
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1
+    assert time.monotonic() - stopped < 60, "the run fails within a minute"
+    assert "Traceback" not in output
+    assert "stopped answering" in output and "python -m pipeline.records" in output
+    kept = next(project_paths(cfg).unlogged_dir.glob("*.json"))
+    with mlflow_service("server", *args) as base:  # back: log the kept epochs
+        result = run_module("pipeline.records", str(kept))
+        assert result.returncode == 0, result.stdout + result.stderr
+        client = MlflowClient(tracking_uri=base)
+        run = client.get_run(kept.stem)
+        assert run.info.status == "FAILED"
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert len(epochs) >= 3 and epochs == sorted(set(epochs))
