@@ -25,7 +25,7 @@ engine() {
     mkdir -p "$WORK/$name/data" && ln -s "$PWD/data/processed" "$WORK/$name/data/processed"
     local start end rc=0
     start=$(date +%s.%N)
-    $PY -m pipeline.experiment -m "+sweep=$PRESET" "paths.root=$WORK/$name" "$@" >"$WORK/$name.log" 2>&1 || rc=$?
+    $PY -m pipeline.experiment -m "sweep=$PRESET" "paths.root=$WORK/$name" "$@" >"$WORK/$name.log" 2>&1 || rc=$?
     end=$(date +%s.%N)
     $PY -m pipeline.compare "paths.root=$WORK/$name" "$@" >"$WORK/$name.compare.log" 2>&1 || rc=$?
     $PY - "$name" "$rc" "$start" "$end" "$WORK/$name/reports/sweep/runs.csv" <<'PYEOF'

@@ -27,11 +27,10 @@ from pipeline.jobs import evaluate_run, train_run
 from pipeline.model import build_optimizer
 from pipeline.paths import StageOutputs, project_paths
 from pipeline.records import run_name
-from pipeline.tracking import PARENT_RUN_ENV, Terminated, tracked_run
+from pipeline.tracking import PARENT_RUN_ENV, SWEPT_KEYS_ENV, Terminated, tracked_run
 
 log = logging.getLogger(__name__)
 
-SWEPT_KEYS_ENV = "MNIST_PIPELINE_SWEPT_KEYS"  # the keys the sweep varies (set per job)
 SHORT_NAMES = {"train.batch_size": "bs", "train.seed": "s", "optimizer.learning_rate": "lr", "train.epochs": "ep"}
 
 

@@ -55,8 +55,10 @@ def build_optimizer(cfg: DictConfig) -> Any:
 def save_model(model: Any, path: Path) -> None:
     """Save `model` as a `.keras` file whose bytes depend on the weights only.
 
-    Keras stamps the save time into `metadata.json` and the weights' zip entry, so the
-    same model would hash differently on every save (and DVC would see a change).
+    Keras stamps the save time into `metadata.json` and the weights' zip entry, and
+    writes Python object ids as `shared_object_id` into `config.json`, so the same model
+    would hash differently on every save (and DVC would see a change). The ids are
+    renumbered in order of appearance, which keeps which objects are shared.
     """
     model.save(path)
     with zipfile.ZipFile(path) as zf:
@@ -67,4 +69,21 @@ def save_model(model: Any, path: Path) -> None:
                 meta = json.loads(data)
                 meta.pop("date_saved", None)
                 data = json.dumps(meta, sort_keys=True).encode()
+            elif name == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data))).encode()
             zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+
+
+def _renumber_shared_objects(node: Any, ids: dict | None = None) -> Any:
+    """Replace every `shared_object_id` (a Python object id) with 1, 2, ... in order of appearance."""
+    ids = {} if ids is None else ids
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "shared_object_id":
+                value = ids.setdefault(value, len(ids) + 1)
+            out[key] = _renumber_shared_objects(value, ids)
+        return out
+    if isinstance(node, list):
+        return [_renumber_shared_objects(v, ids) for v in node]
+    return node

@@ -141,6 +141,7 @@ class SweepCallback(Callback):
         self.jobs: int | None = None
         self.threads: int | None = None
         self.swept: list[str] = []
+        self.multirun = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns a callback's exception into a warning and sweeps on; a bad value
@@ -152,6 +153,7 @@ class SweepCallback(Callback):
         from pipeline.app import prepare_config
         from pipeline.tracking import raise_terminated
 
+        self.multirun = True
         overrides = sweep_overrides(config)
         self.swept = swept_keys(overrides)
         if sweeper_kind(config) in GRID_SWEEPERS:
@@ -211,8 +213,9 @@ class SweepCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Runs in the job's own process, wherever the launcher put it (this object travels
         # pickled with submitit), so the parent id and thread share need no shared env.
-        from pipeline.experiment import SWEPT_KEYS_ENV
-        from pipeline.tracking import PARENT_RUN_ENV
+        if not self.multirun:
+            return  # not a multirun: Hydra calls callbacks for single runs too
+        from pipeline.tracking import PARENT_RUN_ENV, SWEPT_KEYS_ENV
         from pipeline.trainer import THREADS_ENV
 
         if self.parent_run_id:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # A sweep's parent run id reaches its jobs through this variable (not MLFLOW_RUN_ID,
 # which would make every job resume the parent instead of starting a child).
 PARENT_RUN_ENV = "MNIST_PIPELINE_PARENT_RUN_ID"
+SWEPT_KEYS_ENV = "MNIST_PIPELINE_SWEPT_KEYS"  # the keys a sweep varies, for its jobs' run names
 # Tag that makes the MLflow 3 UI open the experiment on its training-runs table.
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 SWEEP_ROLE_TAG = "mnist_pipeline.role"  # "sweep" on a sweep's parent run
