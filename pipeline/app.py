@@ -102,6 +102,10 @@ def stage_main(run: Callable[[DictConfig], Any], config_name: str = "config") ->
         try:
             if config_name == "config":
                 prepare_config(cfg, hydra_cfg.runtime.choices)
+            else:
+                from pipeline.schema import PredictConfig, check_unknown_keys
+
+                check_unknown_keys(cfg, PredictConfig)
             return run(cfg)
         except PipelineError as err:
             log.error("%s", err)

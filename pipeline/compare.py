@@ -302,6 +302,16 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
             for c in cells
         },
     }
+    tags = parent.data.tags
+    if "optuna.study" in tags:
+        from pipeline.search import importances
+
+        summary["importance"] = importances(tags["optuna.study"], tags["optuna.storage"], parent.info.run_id)
+        summary["answer"] = text = (
+            text
+            + " Parameter importance (fANOVA): "
+            + (", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items()) or "too few finished trials")
+        )
     out = project_paths(cfg).sweep_dir
     files = {
         "runs.csv": lambda p: write_text(p, table[RUN_COLUMNS].to_csv(index=False)),
@@ -322,18 +332,21 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         plot_accuracy_vs_time(table, Path(tmp) / "accuracy_vs_time.png")
         for path in [*(out / name for name in files), Path(tmp) / "timing.csv", Path(tmp) / "accuracy_vs_time.png"]:
             client.log_artifact(parent.info.run_id, str(path), artifact_path="comparison")
-    log_aggregates(client, parent.info.run_id, cells, tied)
+    log_aggregates(client, parent.info.run_id, cells, tied, summary.get("importance", {}))
+    from pipeline.registry import register_champion
+
+    champion = register_champion(cfg, client, parent, table, cells)
     log.info(
         "Sweep %s: %d runs (%d finished)\n%s", parent.info.run_name, len(table), finished, markdown(table, frame, text)
     )
-    return {**summary, "table": table, "cells_table": frame, "curves": curves}
+    return {**summary, "table": table, "cells_table": frame, "curves": curves, "champion": champion}
 
 
-def log_aggregates(client: Any, run_id: str, cells: list[Cell], tied: list[dict]) -> None:
-    """Each cell's n, mean and interval as metrics of the parent run; the winner and ties as tags."""
+def log_aggregates(client: Any, run_id: str, cells: list[Cell], tied: list[dict], importance: dict[str, float]) -> None:
+    """Each cell's n, mean and interval (and a search's parameter importances) as parent-run metrics."""
     from mlflow.entities import Metric, RunTag
 
-    metrics = []
+    metrics = [Metric(f"importance.{name}", float(value), 0, 0) for name, value in importance.items()]
     for cell in cells:
         for name, value in (
             ("n", cell.n),

@@ -15,6 +15,7 @@ import copy
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pipeline.jobs import evaluate_run, train_run
 from pipeline.model import build_optimizer
 from pipeline.paths import StageOutputs, project_paths
 from pipeline.records import run_name
+from pipeline.search import OPTUNA_SWEEPER, Pruned, TrialReporter, job_trial
 from pipeline.tracking import PARENT_RUN_ENV, SWEPT_KEYS_ENV, Terminated, tracked_run
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,11 @@ SHORT_NAMES = {"train.batch_size": "bs", "train.seed": "s", "optimizer.learning_
 
 
 def run_experiment(
-    cfg: DictConfig, outputs: StageOutputs | None = None, parent_run_id: str | None = None, name: str | None = None
+    cfg: DictConfig,
+    outputs: StageOutputs | None = None,
+    parent_run_id: str | None = None,
+    name: str | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate under one MLflow run; return the test metrics, the run id and the curves.
 
@@ -49,7 +55,7 @@ def run_experiment(
     with tracked_run(cfg, run_name=name or run_name(cfg), parent_run_id=parent_run_id) as run:
         train, val, test = load_data_and_optimizer(cfg)
         run_id = run.info.run_id if run else None
-        result = train_run(cfg, train, val, outputs, run_id)
+        result = train_run(cfg, train, val, outputs, run_id, on_epoch)
         metrics = evaluate_run(result.model, test, outputs, run_id, str(cfg.dataset.name))
     return {**metrics, "run_id": run_id, "val_accuracy": result.history[-1]["val_accuracy"], "history": result.history}
 
@@ -66,10 +72,19 @@ def job_name(cfg: DictConfig, overrides: list[str], swept: set[str], seeds: int)
     for override in overrides:
         key, _, value = override.partition("=")
         if key in swept and key not in ("optimizer", "train.batch_size", "train.seed"):
-            parts.append(f"{SHORT_NAMES.get(key, key.rsplit('.', 1)[-1])}{value}")
+            parts.append(f"{SHORT_NAMES.get(key, key.rsplit('.', 1)[-1])}{_short(value)}")
     if seeds > 1 or "train.seed" in swept:
         parts.append(f"s{cfg.train.seed}")
     return "-".join(parts)
+
+
+def _short(value: str) -> str:
+    """A sampled float in 4 significant digits (`0.000201`), anything else as written."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() or len(value) <= 8 else f"{number:.4g}"
 
 
 def run_sweep_job(cfg: DictConfig) -> float:
@@ -81,8 +96,12 @@ def run_sweep_job(cfg: DictConfig) -> float:
     overrides = list(hydra_cfg.overrides.task)
     swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
     parent = os.environ.get(PARENT_RUN_ENV)
-    seeds = int(cfg.sweep.seeds)
-    prefix = f"t{hydra_cfg.job.num}-" if hydra_cfg.sweeper.get("_target_", "").endswith("OptunaSweeper") else ""
+    trial = job_trial(hydra_cfg, cfg)
+    searching = str(hydra_cfg.sweeper.get("_target_", "")).endswith(OPTUNA_SWEEPER)
+    # A search trial is one run (one seed); a grid cell is replicated over `sweep.seeds`.
+    seeds = 1 if searching else int(cfg.sweep.seeds)
+    prefix = f"t{hydra_cfg.job.num}-" if searching else ""
+    reporter = TrialReporter(trial) if trial is not None else None
     accuracies = []
     for offset in range(seeds):
         seed_cfg = copy.deepcopy(cfg)
@@ -92,10 +111,12 @@ def run_sweep_job(cfg: DictConfig) -> float:
             prepare_config(seed_cfg, hydra_cfg.runtime.choices)
             name = prefix + job_name(seed_cfg, overrides, swept, seeds)
             folder = job_dir / f"seed-{seed_cfg.train.seed}" if seeds > 1 else job_dir
-            result = run_experiment(seed_cfg, StageOutputs.in_folder(folder), parent, name)
+            result = run_experiment(seed_cfg, StageOutputs.in_folder(folder), parent, name, reporter)
             accuracies.append(result["val_accuracy"])
         except (KeyboardInterrupt, SystemExit, Terminated):
             raise
+        except Pruned as err:
+            log.info("Trial %s: %s", hydra_cfg.job.num, err)
         except Exception as err:  # noqa: BLE001 - recorded as a FAILED run; the sweep goes on
             log.error("Sweep job %s failed (%s: %s); continuing", " ".join(overrides), type(err).__name__, err)
         finally:

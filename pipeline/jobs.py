@@ -10,6 +10,7 @@ model and the run that describes it can never disagree.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig
@@ -26,14 +27,31 @@ from pipeline.trainer import TrainResult, fit, history_csv
 log = logging.getLogger(__name__)
 
 
-def train_run(cfg: DictConfig, train: Split, val: Split, outputs: StageOutputs, run_id: str | None) -> TrainResult:
-    """Fit on `train`, then write the model and curves as one unit and record them in `run_id`."""
+def train_run(
+    cfg: DictConfig,
+    train: Split,
+    val: Split,
+    outputs: StageOutputs,
+    run_id: str | None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fit on `train`, then write the model and curves as one unit and record them in `run_id`.
+
+    `on_epoch` (a search's trial reporter) sees each epoch after MLflow has it.
+    """
     from pipeline.model import save_model
 
     check_writable([outputs.model.parent, outputs.history.parent])
     if run_id:
         log_run_context(cfg, run_id, {"train": train, "val": val})
-    result = fit(cfg, train, val, EpochLogger(cfg, run_id))
+    logger = EpochLogger(cfg, run_id)
+
+    def end_epoch(row: dict[str, float]) -> None:
+        logger(row)
+        if on_epoch:
+            on_epoch(row)
+
+    result = fit(cfg, train, val, end_epoch)
     write_together(
         {
             outputs.model: lambda tmp: save_model(result.model, tmp),
@@ -53,7 +71,7 @@ def train_run(cfg: DictConfig, train: Split, val: Split, outputs: StageOutputs, 
         mlflow.log_metrics({"train_seconds": result.train_seconds}, run_id=run_id)
         mlflow.log_artifact(str(outputs.history), run_id=run_id)
         if cfg.tracking.log_model:
-            log_model(result.model, backend_name(cfg))
+            log_model(outputs.model, backend_name(cfg))
     return result
 
 

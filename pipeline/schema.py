@@ -84,6 +84,7 @@ class TrainConfig:
     steps_per_execution: int = 64
     jit_compile: bool = True
     threads: int | None = None
+    compilation_cache: str | None = "~/.cache/mnist-pipeline/jax"  # JAX's compiled programs, kept across runs
     verbose: Any = "auto"
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
 
@@ -95,6 +96,7 @@ class TrackingConfig:
     experiment: str = "mnist"
     log_model: bool = True
     server_timeout_s: float = 10.0
+    registered_model: str = "mnist"  # compare registers each finished sweep's best model here
 
 
 @dataclass
@@ -125,7 +127,20 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 
+@dataclass
+class PredictConfig:
+    """`python -m pipeline.predict` (conf/predict.yaml)."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    input: str = MISSING
+    model: str | None = None
+    output: str | None = None
+    invert: str = "auto"
+
+
 ConfigStore.instance().store(name="schema", node=Config)
+ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
 
 
 def _bad(key: str, value: Any, allowed: str, example: str) -> PipelineError:

@@ -162,6 +162,7 @@ class SweepCallback(Callback):
         else:  # a search: its jobs are decided as it goes; check the config they start from
             jobs = [[o for o in config.hydra.overrides.task if "," not in o and "(" not in o]]
             self.jobs = config.hydra.sweeper.get("n_trials")
+            self.swept = [str(k) for k in (config.hydra.sweeper.get("params") or {})]
         from pipeline.model import build_optimizer
 
         for job, job_cfg in zip(jobs, compose_jobs(config, jobs), strict=True):
@@ -177,6 +178,9 @@ class SweepCallback(Callback):
         if not config.tracking.enabled:
             return
         self.parent_run_id = self._start_parent(config, overrides)
+        from pipeline.tracking import PARENT_RUN_ENV
+
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id  # in-process jobs, and the sweeper itself
         # Ctrl-C or SIGTERM between or inside jobs: the parent still gets a final status.
         atexit.register(self._end_parent_if_open, "KILLED")
         signal.signal(signal.SIGTERM, raise_terminated)
@@ -201,6 +205,13 @@ class SweepCallback(Callback):
             **dvc_tags(),
             **process_tags(),
         }
+        if sweeper_kind(config) == "OptunaSweeper":
+            from pipeline.search import study_storage
+
+            sweeper = config.hydra.sweeper
+            tags.update(
+                {"optuna.study": sweeper.study_name, "optuna.storage": sweeper.storage or study_storage(config)}
+            )
         from datetime import UTC, datetime
 
         started = datetime.now(UTC).strftime("%Y-%m-%d_%H-%M-%S")

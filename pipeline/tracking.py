@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -216,6 +217,7 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
+@functools.lru_cache(maxsize=4)
 def git_state(root: Path | None = None) -> dict[str, str]:
     """The commit and whether the tree is dirty; empty when not a git checkout."""
     root = root or find_project_root()
@@ -235,6 +237,7 @@ def git_state(root: Path | None = None) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 
+@functools.lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
     """Versions of the libraries that decide a run's numbers."""
     import importlib.metadata as md
@@ -246,6 +249,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_tags() -> dict[str, str]:
     """The CPU model and its vector extensions: float results differ slightly between CPUs."""
     model, flags = "", set()
@@ -339,6 +343,13 @@ def tracked_run(
     except (KeyboardInterrupt, Terminated) as err:
         status = RunStatus.to_string(RunStatus.KILLED)
         tag_failure(run.info.run_id, f"interrupted: {type(err).__name__} {err}".strip())
+        raise
+    except Exception as err:
+        from pipeline.search import Pruned
+
+        pruned = isinstance(err, Pruned)
+        status = RunStatus.to_string(RunStatus.KILLED if pruned else RunStatus.FAILED)
+        tag_failure(run.info.run_id, str(err) or type(err).__name__)
         raise
     except BaseException as err:
         status = RunStatus.to_string(RunStatus.FAILED)

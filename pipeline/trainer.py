@@ -101,6 +101,23 @@ def limit_threads(threads: int | None) -> None:
             os.environ["XLA_FLAGS"] = f"{flags} {extra}intra_op_parallelism_threads={threads}".strip()
 
 
+def use_compilation_cache(folder: str | None) -> None:
+    """Keep JAX's compiled programs on disk, so the next process skips compiling them (same results)."""
+    if not folder:
+        return
+    import jax
+
+    path = os.path.expanduser(folder)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        log.warning("No JAX compilation cache at %s (%s); compiling every run", path, err.strerror)
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def fit(cfg: DictConfig, train: Split, val: Split, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Build, compile and fit the model on `train` from `train.seed`, validating on `val` every epoch."""
     threads = thread_count(cfg)
@@ -176,6 +193,7 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch):
     from pipeline.model import build_model, build_optimizer
 
     limit_threads(threads)
+    use_compilation_cache(cfg.train.get("compilation_cache"))
     model = build_model(cfg, train.x.shape[1], train.y.shape[1])
     optimizer = build_optimizer(cfg)
     optimizer.build(model.trainable_variables)

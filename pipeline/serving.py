@@ -1,0 +1,132 @@
+"""The model as MLflow logs and serves it: digit images (28 x 28) or flat rows (784) in, digits out.
+
+`DigitClassifier` is an MLflow pyfunc model around the trained Keras file. Its signature
+has two optional inputs, `image` (28 x 28 floats in [0, 1], digit white on black, as
+MNIST) and `pixels` (the same 784 values as one flat row); each record gives one of
+them. It returns `digit` and `probability` (of that digit) and `probabilities` (all ten).
+`to_mnist` converts an image file the way MNIST was made, for `pipeline.predict`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+SIDE = 28  # MNIST images are 28 x 28 ...
+BOX = 20  # ... with the digit scaled to fit 20 x 20 and centred by its centre of mass
+INK_THRESHOLD = 0.1  # pixels above this (after inversion, in [0, 1]) count as ink when cropping
+
+
+def signature() -> Any:
+    """`image` (28 x 28) or `pixels` (784) in; digit, its probability and all ten out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec(Array(Array(DataType.double)), "image", required=False),
+            ColSpec(Array(DataType.double), "pixels", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec(DataType.long, "digit"),
+            ColSpec(DataType.float, "probability"),
+            ColSpec(Array(DataType.float), "probabilities"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example() -> dict:
+    """One blank image, in the `image` form (what the MLflow UI shows as an example request)."""
+    return {"image": [[0.0] * SIDE for _ in range(SIDE)]}
+
+
+def as_rows(data: Any) -> np.ndarray:
+    """Records with `image` (28 x 28) or `pixels` (784) -> float32 rows (N, 784)."""
+    import pandas as pd
+
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+    rows = []
+    for i, record in enumerate(frame.to_dict("records")):
+        values = next((record[k] for k in ("image", "pixels") if _present(record.get(k))), None)
+        if values is None:
+            raise PipelineError(f"record {i} has neither `image` (28 x 28) nor `pixels` (784 values)")
+        row = np.asarray(values, dtype=np.float32).reshape(-1)
+        if row.size != SIDE * SIDE:
+            raise PipelineError(f"record {i} has {row.size} values; an image is 28 x 28 = 784 values in [0, 1]")
+        rows.append(row)
+    return np.stack(rows) if rows else np.zeros((0, SIDE * SIDE), np.float32)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+class DigitClassifier(mlflow.pyfunc.PythonModel):
+    """The Keras model behind a pyfunc that takes images or flat rows."""
+
+    def load_context(self, context: Any) -> None:
+        import keras
+
+        self.model = keras.models.load_model(context.artifacts["keras_model"])
+
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        import pandas as pd
+
+        probs = np.asarray(self.model(as_rows(model_input), training=False), dtype=np.float32)
+        digits = probs.argmax(axis=1)
+        return pd.DataFrame(
+            {
+                "digit": digits.astype(np.int64),
+                "probability": probs[np.arange(len(probs)), digits],
+                "probabilities": list(probs),
+            }
+        )
+
+
+def to_mnist(path: Path, invert: str = "auto") -> np.ndarray:
+    """An image file as MNIST made its digits: grey, digit white on black, fitted into 20 x 20,
+    centred by its centre of mass in 28 x 28, scaled to [0, 1]; returns 784 float32 values.
+
+    Dark-on-light rule (`invert=auto`): when the outermost pixels are on average light
+    (>= 0.5), the image is a dark digit on a light background and is inverted.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGBA", "LA") or "transparency" in image.info:
+                white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(white, image.convert("RGBA"))
+            grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as err:
+        raise PipelineError(f"{path} is not an image Pillow can read (PNG or JPEG): {err}") from err
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if invert == "true" or (invert == "auto" and border.mean() >= 0.5):
+        grey = 1.0 - grey
+    ink = np.argwhere(grey > INK_THRESHOLD)
+    if ink.size == 0:
+        raise PipelineError(f"{path}: no digit found (the image is blank after the dark-on-light rule)")
+    (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0) + 1
+    digit = grey[top:bottom, left:right]
+    scale = BOX / max(digit.shape)
+    size = (max(1, round(digit.shape[1] * scale)), max(1, round(digit.shape[0] * scale)))
+    small = np.asarray(Image.fromarray((digit * 255).astype(np.uint8)).resize(size, Image.LANCZOS), np.float32) / 255
+    canvas = np.zeros((SIDE, SIDE), np.float32)
+    row, col = (SIDE - small.shape[0]) // 2, (SIDE - small.shape[1]) // 2
+    canvas[row : row + small.shape[0], col : col + small.shape[1]] = small
+    mass = canvas.sum()
+    cy, cx = (np.indices(canvas.shape) * canvas).reshape(2, -1).sum(axis=1) / mass
+    shift = (int(round(SIDE / 2 - 0.5 - cy)), int(round(SIDE / 2 - 0.5 - cx)))
+    canvas = np.roll(canvas, shift, axis=(0, 1))
+    return np.clip(canvas, 0, 1).reshape(-1)

@@ -1,0 +1,189 @@
+"""Putting the model to use: images and rows in the logged model, the champion, predict, serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import free_port, http_post_json, run_module, run_sweep
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from pipeline.compare import compare_sweep
+from pipeline.data import load_split
+from pipeline.experiment import run_experiment
+from pipeline.serving import to_mnist
+from pipeline.tracking import tracking_uri, use_store
+
+
+def stroke_image(size: int = 280, dark_on_light: bool = True) -> np.ndarray:
+    """A hand-drawn-like '1': a thick vertical stroke, off centre, on a large canvas."""
+    image = np.zeros((size, size), np.uint8)
+    image[size // 5 : size - size // 5, size // 3 : size // 3 + size // 12] = 255
+    return 255 - image if dark_on_light else image
+
+
+def test_image_conversion_follows_mnist(tmp_path):
+    path = tmp_path / "one.png"
+    Image.fromarray(stroke_image()).save(path)
+    pixels = to_mnist(path).reshape(28, 28)
+    assert pixels.shape == (28, 28) and pixels.min() >= 0 and pixels.max() <= 1
+    assert pixels[0].max() == 0 and pixels[:, 0].max() == 0, "dark-on-light became white on black"
+    rows, cols = np.nonzero(pixels > 0.1)
+    assert rows.max() - rows.min() + 1 <= 21, "fitted into the 20 x 20 box"
+    cy, cx = (np.indices(pixels.shape) * pixels).reshape(2, -1).sum(axis=1) / pixels.sum()
+    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1, "centred by its centre of mass"
+    jpeg = tmp_path / "one.jpg"
+    Image.fromarray(stroke_image(97, dark_on_light=False)).convert("RGB").save(jpeg)
+    assert np.abs(to_mnist(jpeg).reshape(28, 28) - pixels).mean() < 0.05, "size and polarity do not matter"
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory):
+    """A tiny 2-cell sweep, compared (so a champion is registered)."""
+    from conftest import compose_config, tiny_arrays
+
+    from pipeline.atomic import write_npz
+    from pipeline.download import download_dataset
+    from pipeline.preprocess import preprocess_dataset
+
+    root = tmp_path_factory.mktemp("use")
+    write_npz(root / "tiny.npz", tiny_arrays())
+    cfg = compose_config(root, f"dataset.mirrors=[{{url: '{root / 'tiny.npz'}', sha256: null}}]")
+    download_dataset(cfg)
+    preprocess_dataset(cfg)
+    run_sweep(root, "optimizer=sgd,adam", "train.batch_size=32")
+    summary = compare_sweep(cfg)
+    return cfg, summary
+
+
+def test_logged_model_takes_images_and_flat_rows(sweep_store):
+    cfg, summary = sweep_store
+    use_store(tracking_uri(cfg))
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.registered_model}@champion")
+    inputs = {spec.name: spec.required for spec in model.metadata.get_input_schema().inputs}
+    assert inputs == {"image": False, "pixels": False}, "the signature names both forms, each optional"
+    test = load_split(cfg, "test")
+    rows = test.x[:5]
+    by_rows = model.predict({"pixels": list(rows)})
+    by_images = model.predict({"image": [r.reshape(28, 28).tolist() for r in rows]})
+    assert list(by_rows["digit"]) == list(by_images["digit"])
+    np.testing.assert_allclose(np.stack(by_rows["probabilities"]).sum(axis=1), 1, rtol=1e-5)
+
+
+def test_compare_registers_the_champion_and_keeps_history(sweep_store, tmp_path):
+    cfg, summary = sweep_store
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    name = cfg.tracking.registered_model
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.tags["sweep.parent_run_id"] == summary["parent_run_id"]
+    assert champion.tags["cell"] == summary["winner"]["cell"]
+    compare_sweep(cfg)  # the same sweep again: no second version
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+
+def test_predict_prints_path_digit_probability_and_writes_csv(sweep_store, tmp_path):
+    cfg, _ = sweep_store
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    Image.fromarray(stroke_image()).save(folder / "a.png")
+    Image.fromarray(stroke_image(64, dark_on_light=False)).convert("RGB").save(folder / "b.jpg")
+    out = tmp_path / "predictions.csv"
+    result = run_module("pipeline.predict", f"paths.root={cfg.paths.root}", f"input={folder}", f"output={out}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
+    assert [Path(p).name for p, _, _ in lines] == ["a.png", "b.jpg"]
+    for _, digit, probability in lines:
+        assert 0 <= int(digit) <= 9 and 0 < float(probability) <= 1
+    assert "models:/mnist@champion" in result.stdout + result.stderr, "the champion by default"
+    csv = out.read_text().splitlines()
+    assert csv[0] == "path,digit,probability" and len(csv) == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("text", "is not an image Pillow can read"),
+        ("empty", "holds no PNG or JPEG files"),
+        ("missing", "does not exist"),
+        ("bad-model", "does not resolve in this MLflow store"),
+    ],
+)
+def test_predict_bad_input_is_one_line(sweep_store, tmp_path, make, message):
+    cfg, _ = sweep_store
+    target, extra = tmp_path / "x", []
+    if make == "text":
+        target = tmp_path / "notes.png"
+        target.write_text("not an image")
+    elif make == "empty":
+        target.mkdir()
+    elif make == "bad-model":
+        target = tmp_path / "a.png"
+        Image.fromarray(stroke_image()).save(target)
+        extra = ["model=models:/no-such-model@champion"]
+    result = run_module("pipeline.predict", f"paths.root={cfg.paths.root}", f"input={target}", *extra)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert message in output and "Traceback" not in output
+
+
+def test_runs_record_the_data_they_read(sweep_store):
+    cfg, summary = sweep_store
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    runs = [client.get_run(row.run_id) for row in summary["table"].itertuples()]
+    digests = {run.info.run_id: {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs} for run in runs}
+    expected = {(f"mnist-{s}", load_split(cfg, s).sha256[:16]) for s in ("train", "val", "test")}
+    assert all(d == expected for d in digests.values())
+
+
+@pytest.mark.slow
+def test_serving_scores_two_images_over_rest(sweep_store):
+    cfg, _ = sweep_store
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg)}
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    uri = f"models:/{cfg.tracking.registered_model}@champion"
+    server = subprocess.Popen(
+        [str(mlflow_cli), "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        test = load_split(cfg, "test")
+        body = {"dataframe_records": [{"image": test.x[0].reshape(28, 28).tolist()}, {"pixels": test.x[1].tolist()}]}
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                answer = http_post_json(f"http://127.0.0.1:{port}/invocations", body, timeout=10)
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow models serve exited"
+                assert time.monotonic() < deadline, "the model server did not answer within 180 s"
+                time.sleep(1)
+        predictions = answer["predictions"]
+        assert len(predictions) == 2
+        local = mlflow.pyfunc.load_model(uri).predict({"pixels": [test.x[0], test.x[1]]})
+        assert [p["digit"] for p in predictions] == list(local["digit"])
+        assert json.dumps(predictions)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_experiment_run_records_the_model_it_trained(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    result = run_experiment(cfg)
+    use_store(tracking_uri(cfg))
+    run = MlflowClient().get_run(result["run_id"])
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert logged.source_run_id == result["run_id"]
