@@ -86,7 +86,9 @@ def _swept_keys(params: dict) -> set[str]:
     return set((params.get("sweep") or {}).get("grid") or {})
 
 
-def stage_main(run: Callable[[DictConfig], Any], config_name: str = "config") -> Callable[[], Any]:
+def stage_main(
+    run: Callable[[DictConfig], Any], config_name: str = "config", config_dir: str = str(CONFIG_DIR)
+) -> Callable[[], Any]:
     """`main()` for a stage: Hydra's app around `run(cfg)`, with the pipeline's error handling."""
     import hydra
 
@@ -119,7 +121,7 @@ def stage_main(run: Callable[[DictConfig], Any], config_name: str = "config") ->
     # Hydra names the job (and its log folder) after the module of the task function.
     task.__module__ = run.__module__
     task.__qualname__ = task.__name__ = run.__name__
-    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
+    app = hydra.main(version_base="1.3", config_path=config_dir, config_name=config_name)(task)
 
     @functools.wraps(run)
     def main() -> Any:

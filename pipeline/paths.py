@@ -136,7 +136,7 @@ def project_paths(cfg: DictConfig) -> Paths:
         reports_dir=resolve_path(conf.reports_dir, root),
         mlruns_dir=resolve_path(conf.mlruns_dir, store_root),
         logs_dir=resolve_path(conf.logs_dir, root),
-        dataset=str(cfg.dataset.name),
+        dataset=str(OmegaConf.select(cfg, "dataset.name", default="mnist")),
     )
 
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline.app import stage_main
 from pipeline.atomic import write_text
 from pipeline.errors import PipelineError
-from pipeline.paths import project_paths, resolve_path
+from pipeline.paths import CONFIG_DIR, project_paths, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +82,20 @@ def load(uri: str) -> Any:
     import mlflow.pyfunc
 
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        with warnings.catch_warnings():  # MLflow: "add type hints to predict"; the signature is the schema
+            warnings.simplefilter("ignore", UserWarning)
+            model = mlflow.pyfunc.load_model(uri)
     except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a URI that does not resolve
         raise PipelineError(
             f"model={uri} does not resolve in this MLflow store ({type(err).__name__}: {str(err)[:200]}). "
             "Give models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model or a .keras file."
         ) from err
-    return lambda rows: np.stack(model.predict({"pixels": list(rows)})["probabilities"].to_numpy())
+
+    def probabilities(rows: np.ndarray) -> np.ndarray:
+        answer = model.predict(pd.DataFrame({"pixels": [row.tolist() for row in rows]}))
+        return np.stack(answer["probabilities"].to_numpy())
+
+    return probabilities
 
 
 def predict(cfg: DictConfig) -> list[tuple[str, int, float]]:
@@ -115,7 +124,9 @@ def predict(cfg: DictConfig) -> list[tuple[str, int, float]]:
     return results
 
 
-main = stage_main(predict, config_name="predict")  # python -m pipeline.predict input=...
+main = stage_main(
+    predict, config_name="predict", config_dir=str(CONFIG_DIR / "predict")
+)  # python -m pipeline.predict input=...
 
 if __name__ == "__main__":
     main()

@@ -139,6 +139,27 @@ class PredictConfig:
     invert: str = "auto"
 
 
+# Hydra's default job logging with a shorter console line (`override hydra/job_logging: pipeline`
+# in both primary configs); here, not in conf/, because conf/predict/ cannot see conf/hydra/.
+JOB_LOGGING = {
+    "version": 1,
+    "formatters": {
+        "simple": {"format": "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"},
+        "console": {"format": "%(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "console", "stream": "ext://sys.stdout"},
+        "file": {
+            "class": "logging.FileHandler",
+            "formatter": "simple",
+            "filename": "${hydra.runtime.output_dir}/${hydra.job.name}.log",
+        },
+    },
+    "root": {"level": "INFO", "handlers": ["console", "file"]},
+    "disable_existing_loggers": False,
+}
+
+ConfigStore.instance().store(group="hydra/job_logging", name="pipeline", node=JOB_LOGGING, provider="mnist_pipeline")
 ConfigStore.instance().store(name="schema", node=Config)
 ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
 

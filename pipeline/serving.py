@@ -10,6 +10,7 @@ them. It returns `digit` and `probability` (of that digit) and `probabilities` (
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,26 +72,31 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-class DigitClassifier(mlflow.pyfunc.PythonModel):
-    """The Keras model behind a pyfunc that takes images or flat rows."""
+# MLflow warns, when such a class is defined, that its predict has no type hints: on
+# purpose, since the signature (two optional inputs) is the schema.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-    def load_context(self, context: Any) -> None:
-        import keras
+    class DigitClassifier(mlflow.pyfunc.PythonModel):
+        """The Keras model behind a pyfunc that takes images or flat rows."""
 
-        self.model = keras.models.load_model(context.artifacts["keras_model"])
+        def load_context(self, context: Any) -> None:
+            import keras
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-        import pandas as pd
+            self.model = keras.models.load_model(context.artifacts["keras_model"])
 
-        probs = np.asarray(self.model(as_rows(model_input), training=False), dtype=np.float32)
-        digits = probs.argmax(axis=1)
-        return pd.DataFrame(
-            {
-                "digit": digits.astype(np.int64),
-                "probability": probs[np.arange(len(probs)), digits],
-                "probabilities": list(probs),
-            }
-        )
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+
+            probs = np.asarray(self.model(as_rows(model_input), training=False), dtype=np.float32)
+            digits = probs.argmax(axis=1)
+            return pd.DataFrame(
+                {
+                    "digit": digits.astype(np.int64),
+                    "probability": probs[np.arange(len(probs)), digits],
+                    "probabilities": list(probs),
+                }
+            )
 
 
 def to_mnist(path: Path, invert: str = "auto") -> np.ndarray:

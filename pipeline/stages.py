@@ -58,8 +58,10 @@ def stages() -> list[Stage]:
         Stage(
             "compose",
             "pipeline.params",
-            # params.yaml is an output, so every stage that reads it runs after this one.
-            outs=[{"params.yaml": {"cache": False}}],
+            # params.yaml is an output, so every stage that reads it runs after this one;
+            # persist: DVC must not delete it before the stage runs (inside `dvc exp run`,
+            # DVC has just composed it and the stage keeps it).
+            outs=[{"params.yaml": {"cache": False, "persist": True}}],
             doc="conf/ -> params.yaml (left alone inside `dvc exp run`, where DVC composes it)",
         ),
         Stage(

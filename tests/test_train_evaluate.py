@@ -6,6 +6,7 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import compose_config, run_module, tiny_arrays
 from mlflow.tracking import MlflowClient
@@ -110,7 +111,9 @@ def test_reloaded_model_predicts_exactly_what_the_trained_one_did(trained):
     use_store(tracking_uri(cfg))
     run = client_for(cfg).get_run(trained_run_id(cfg))
     (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    from_mlflow = mlflow.pyfunc.load_model(logged.model_uri).predict({"pixels": list(test.x)})
+    from_mlflow = mlflow.pyfunc.load_model(logged.model_uri).predict(
+        pd.DataFrame({"pixels": [r.tolist() for r in test.x]})
+    )
     np.testing.assert_array_equal(np.stack(from_mlflow["probabilities"]), result.model.predict(test.x, verbose=0))
 
 
