@@ -62,7 +62,67 @@ def sweep_pivot(root: Path) -> str:
     return pivot.to_markdown(floatfmt=".4f") + "\n"
 
 
+def performance(root: Path) -> str:
+    """The benchmark's ratios against the seed's script (reports/benchmark.json)."""
+    bench = _json(root / "reports/benchmark.json")
+    v, r, g, sweep = bench["variants"], bench["ratios"], bench["goals"], bench["sweep"]
+    script = v["script"]
+    rows = [
+        "| | seed's script (TensorFlow) | pipeline (JAX, default) | pipeline (TensorFlow) |",
+        "|---|---|---|---|",
+    ]
+    for key, label, fmt in (
+        ("fit", "fit, 5 epochs (s)", "{:.2f}"),
+        ("process", "whole process (s)", "{:.2f}"),
+        ("peak_gb", "peak memory (GB)", "{:.2f}"),
+        ("accuracy", "test accuracy (mean)", "{:.4f}"),
+    ):
+        cells = [fmt.format(v[name][key]) for name in ("script", "pipeline", "pipeline-tf")]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    ratios = [
+        f"- fit: **{r['fit']:.2f}x** the script's (goal <= {g['fit_ratio']}); "
+        f"{r['fit_vs_limit']:.1f}x the matmul limit of {bench['matmul_limit_s']:.2f} s "
+        f"({bench['matmul_gflops']:.0f} GFLOP/s numpy float32)",
+        f"- whole process: **{r['process']:.2f}x** (goal <= {g['process_ratio']}); "
+        f"peak memory {v['pipeline']['peak_gb'] / script['peak_gb']:.2f}x the script's",
+        f"- accuracy: mean of {v['pipeline']['n']} seeds {r['accuracy_gap']:+.4f} against the script's mean "
+        f"(goal within {g['accuracy_gap']})",
+        f"- sweep: {sweep['runs']} runs ({sweep['finished']} finished) in {sweep['wall']:.0f} s = "
+        f"**{r['sweep']:.2f}x** the script's whole process (goal <= {g['sweep_ratio']}); "
+        f"{r['overhead_per_run_s']:.2f} s per run outside the fit (goal <= {g['overhead_s']})",
+        f"- TensorFlow backend: fit {r['tf_fit']:.2f}x, whole process {r['tf_process']:.2f}x the script's",
+    ]
+    return (
+        f"Measured on {bench['cpu']}, {bench['rounds']} interleaved rounds "
+        f"(`python benchmarks/train_speed.py`):\n\n" + "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n"
+    )
+
+
+def tuned_comparison(root: Path) -> str:
+    """Default vs tuned learning rates, per cell (reports/tuned/comparison.json, `python -m pipeline.tune`)."""
+    data = _json(root / "reports/tuned/comparison.json")
+    rows = []
+    for name, cell in sorted(data["cells"].items(), key=lambda kv: -kv[1].get("tuned", {}).get("mean", 0)):
+        default, tuned, chosen = cell.get("default"), cell.get("tuned"), cell.get("chosen", {})
+
+        def view(v: dict | None) -> str:
+            return "-" if not v else f"{v['mean']:.4f} [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]"
+
+        rate = f"{chosen['learning_rate']:.3g} (x{chosen['lr_factor']:g})" if chosen else "-"
+        change = f"{tuned['mean'] - default['mean']:+.4f}" if default and tuned else "-"
+        rows.append(f"| {name} | {view(default)} | {rate} | {view(tuned)} | {change} |")
+    d, t = data["default"], data["tuned"]
+    return (
+        "| cell | default rate: mean [95 % CI] | tuned rate (x default) | tuned: mean [95 % CI] | change |\n"
+        "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"Default rates: best mean {d['winner']}, tied with it: {', '.join(d['tied_with']) or 'none'}. "
+        f"Tuned rates: best mean {t['winner']}, tied with it: {', '.join(t['tied_with']) or 'none'}.\n"
+    )
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    "tuned_comparison": tuned_comparison,
+    "performance": performance,
     "reference_result": reference_result,
     "sweep_answer": sweep_answer,
     "sweep_pivot": sweep_pivot,
