@@ -40,9 +40,14 @@ def check_writable(folders: list[Path]) -> None:
     from pipeline.errors import PipelineError
 
     for folder in folders:
+        # Probe the folder, or the nearest existing folder above it: nothing is created.
+        existing = Path(folder)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
         try:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+            if not existing.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(existing))
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
             os.close(fd)
             os.unlink(probe)
         except OSError as err:

@@ -106,7 +106,9 @@ def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
             "optimizer": params.get("optimizer.name"),
             "batch_size": params.get("train.batch_size"),
             "seed": params.get("train.seed"),
-            "learning_rate": pd.to_numeric(params.get("optimizer.learning_rate"), errors="coerce"),
+            "learning_rate": pd.to_numeric(
+                params.get("optimizer.effective_learning_rate", params.get("optimizer.learning_rate")), errors="coerce"
+            ),
             "test_accuracy": metrics.get("test_accuracy", np.nan),
             "test_loss": metrics.get("test_loss", np.nan),
             "train_seconds": metrics.get("train_seconds", np.nan),

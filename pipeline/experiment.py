@@ -33,7 +33,13 @@ from pipeline.tracking import PARENT_RUN_ENV, SWEPT_KEYS_ENV, Terminated, tracke
 
 log = logging.getLogger(__name__)
 
-SHORT_NAMES = {"train.batch_size": "bs", "train.seed": "s", "optimizer.learning_rate": "lr", "train.epochs": "ep"}
+SHORT_NAMES = {
+    "train.batch_size": "bs",
+    "train.seed": "s",
+    "optimizer.learning_rate": "lr",
+    "train.lr_factor": "lrx",
+    "train.epochs": "ep",
+}
 
 
 def run_experiment(

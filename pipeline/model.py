@@ -36,11 +36,23 @@ def build_model(cfg: DictConfig, input_dim: int = 784, num_classes: int = 10) ->
     return keras.Model(inputs, outputs, name=str(cfg.model.get("name") or "mlp"))
 
 
-def build_optimizer(cfg: DictConfig) -> Any:
-    """Instantiate `cfg.optimizer` (its `_target_` is a Keras optimizer class and its arguments)."""
+def effective_learning_rate(cfg: DictConfig, batch_samples: int | None = None) -> float:
+    """`optimizer.learning_rate` x `train.lr_factor`, scaled with the batch size by `train.lr_scaling`.
+
+    `batch_samples` is the batch size in samples (`full` resolved); None means the
+    base batch size (no scaling), for checks made before the data is read.
+    """
+    rate = float(cfg.optimizer.learning_rate) * float(cfg.train.lr_factor)
+    ratio = (batch_samples or cfg.train.base_batch_size) / cfg.train.base_batch_size
+    rule = str(getattr(cfg.train.lr_scaling, "value", cfg.train.lr_scaling))
+    return rate * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[rule]
+
+
+def build_optimizer(cfg: DictConfig, batch_samples: int | None = None) -> Any:
+    """Instantiate `cfg.optimizer` (a Keras optimizer class and its arguments) at the effective rate."""
     args = OmegaConf.to_container(cfg.optimizer, resolve=True)
     # Keras refuses an integer learning rate, which is what `learning_rate=1000` parses to.
-    args["learning_rate"] = float(args["learning_rate"])
+    args["learning_rate"] = effective_learning_rate(cfg, batch_samples)
     try:
         return instantiate(args, _convert_="all")
     except Exception as err:  # noqa: BLE001 - an unknown class or argument in the optimizer file

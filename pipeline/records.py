@@ -40,7 +40,12 @@ def log_run_context(cfg: DictConfig, run_id: str, splits: dict[str, Split]) -> N
     """Params, provenance tags, the datasets read (MLflow dataset inputs) and the resolved config."""
     import mlflow
 
-    mlflow.log_params(flat_params(cfg), run_id=run_id)
+    from pipeline.model import effective_learning_rate
+    from pipeline.schema import resolve_batch_size
+
+    batch = resolve_batch_size(cfg.train.batch_size, len(splits["train"].x))
+    params = {**flat_params(cfg), "optimizer.effective_learning_rate": effective_learning_rate(cfg, batch)}
+    mlflow.log_params(params, run_id=run_id)
     tags = {**git_state(), **package_versions(), **cpu_tags(), **dvc_tags(), "dataset": str(cfg.dataset.name)}
     tags.update({f"data.sha256.{name}": split.sha256 for name, split in splits.items()})
     mlflow.set_tags(tags)  # the active run is `run_id`
@@ -110,7 +115,8 @@ def replay_unlogged(path: Path) -> int:
     from mlflow.tracking import MlflowClient
 
     record = json.loads(Path(path).read_text())
-    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    # The store named in the file, unless MLFLOW_TRACKING_URI says where it is now.
+    client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"])
     run_id = record["run_id"]
     existing = {m.step for m in client.get_metric_history(run_id, "loss")}
     metrics = [

@@ -24,6 +24,14 @@ from pipeline.errors import PipelineError
 FULL_BATCH = "full"
 
 
+class LrScaling(enum.Enum):
+    """How the learning rate follows the batch size (`train.lr_scaling`)."""
+
+    none = "none"
+    linear = "linear"  # rate x batch / base_batch_size (Goyal et al. 2017)
+    sqrt = "sqrt"  # rate x sqrt(batch / base_batch_size) (Krizhevsky 2014; Hoffer et al. 2017)
+
+
 class Backend(enum.Enum):
     """Keras backends the pipeline supports (`train.backend`)."""
 
@@ -79,6 +87,9 @@ class TrainConfig:
     epochs: int = 5
     batch_size: Any = 128  # a positive integer, or "full"
     seed: int = 0
+    lr_factor: float = 1.0  # multiplies optimizer.learning_rate: what a learning-rate search varies
+    lr_scaling: LrScaling = LrScaling.none
+    base_batch_size: int = 128  # the batch size at which lr_scaling leaves the rate as it is
     loss: str = "categorical_crossentropy"
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])
     steps_per_execution: int = 64
@@ -104,6 +115,7 @@ class SweepConfig:
     name: str = "sweep"
     grid: dict[str, str] = field(default_factory=dict)
     seeds: int = 1
+    jobs_file: str | None = None  # a JSON list of override lists: exactly these jobs instead of the grid
 
 
 @dataclass
@@ -215,11 +227,14 @@ def check_config(cfg: DictConfig) -> None:
         "train.steps_per_execution": (train.steps_per_execution, "64"),
     }
     positive_ints["sweep.seeds"] = (cfg.sweep.seeds, "3")
+    positive_ints["train.base_batch_size"] = (train.base_batch_size, "128")
     for key, (value, example) in positive_ints.items():
         if value <= 0:
             raise _bad(key, value, "a positive integer", example)
     if not 0 <= train.seed < 2**32:
         raise _bad("train.seed", train.seed, "an integer in [0, 2**32)", "0")
+    if not (math.isfinite(train.lr_factor) and train.lr_factor > 0):
+        raise _bad("train.lr_factor", train.lr_factor, "a finite number > 0", "1.0")
     if train.threads is not None and train.threads <= 0:
         raise _bad("train.threads", train.threads, "a positive integer or null (all cores)", "2")
     if not 0 <= train.divergence.chance_margin < 1:

@@ -156,7 +156,20 @@ class SweepCallback(Callback):
         self.multirun = True
         overrides = sweep_overrides(config)
         self.swept = swept_keys(overrides)
-        if sweeper_kind(config) in GRID_SWEEPERS:
+        from hydra_plugins.mnist_pipeline.grid_sweeper import preset_jobs
+
+        grid = sweeper_kind(config) == "GridSweeper"
+        listed = preset_jobs(config, list(config.hydra.overrides.task)) if grid else None
+        if listed is not None:  # sweep.jobs_file: exactly the listed jobs; swept = the keys that vary
+            jobs = listed
+            self.jobs = len(jobs)
+            values: dict[str, set[str]] = {}
+            for job in jobs:
+                for override in job:
+                    key, _, value = override.partition("=")
+                    values.setdefault(key, set()).add(value)
+            self.swept = [key for key, seen in values.items() if len(seen) > 1]
+        elif sweeper_kind(config) in GRID_SWEEPERS:
             jobs = expand_grid(overrides)
             self.jobs = len(jobs)
         else:  # a search: its jobs are decided as it goes; check the config they start from

@@ -157,7 +157,7 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
     keras.utils.set_random_seed(int(cfg.train.seed))  # seeds the shuffling of fit
     model = build_model(cfg, train.x.shape[1], train.y.shape[1])
     model.compile(
-        optimizer=build_optimizer(cfg),
+        optimizer=build_optimizer(cfg, batch_size),
         loss=cfg.train.loss,
         metrics=list(cfg.train.metrics),
         steps_per_execution=int(cfg.train.steps_per_execution),
@@ -195,7 +195,7 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch):
     limit_threads(threads)
     use_compilation_cache(cfg.train.get("compilation_cache"))
     model = build_model(cfg, train.x.shape[1], train.y.shape[1])
-    optimizer = build_optimizer(cfg)
+    optimizer = build_optimizer(cfg, batch_size)
     optimizer.build(model.trainable_variables)
     program = JaxProgram.for_model(cfg, model, optimizer)
     state = (

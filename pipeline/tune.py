@@ -42,6 +42,14 @@ def run(args: list[str]) -> None:
         raise PipelineError(f"python -m {' '.join(args)} failed (see its output above)")
 
 
+def single_valued(overrides: list[str]) -> list[str]:
+    """The overrides that set one value (the sweeps' own, like `optimizer=sgd,adam`, dropped)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
 def base_config(overrides: list[str]) -> DictConfig:
     """The config both phases start from (the command line's single-valued overrides)."""
     from hydra import compose, initialize_config_dir
@@ -51,7 +59,7 @@ def base_config(overrides: list[str]) -> DictConfig:
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=[o for o in overrides if "," not in o])
+        return compose("config", overrides=single_valued(overrides))
 
 
 def choose(cfg: DictConfig, reports: Path) -> dict[str, dict]:
@@ -87,21 +95,26 @@ def choose(cfg: DictConfig, reports: Path) -> dict[str, dict]:
 
 def compare_views(reports: Path) -> dict:
     """Default vs tuned, per cell: mean test accuracy, interval, the chosen learning rate."""
-    default = json.loads((reports / "sweep" / "summary.json").read_text())
+    default_file = reports / "sweep" / "summary.json"  # the default sweep (dvc repro), if it ran
+    default = json.loads(default_file.read_text()) if default_file.is_file() else None
     tuned = json.loads((reports / FINAL / "sweep" / "summary.json").read_text())
     choice = json.loads((reports / "tuned" / "choice.json").read_text())
     cells = {}
     for view, summary in (("default", default), ("tuned", tuned)):
+        if summary is None:
+            continue
         for cell in summary["cells"]:
             entry = cells.setdefault(cell["cell"], {"optimizer": cell["optimizer"], "batch_size": cell["batch_size"]})
             entry[view] = {"mean": cell["mean"], "ci95": cell["ci95"], "n": cell["n"]}
     for name, chosen in choice.items():
         cells.setdefault(name, {})["chosen"] = {k: chosen[k] for k in ("lr_factor", "learning_rate")}
-    return {
-        "default": {"winner": default["winner"]["cell"], "tied_with": [t["cell"] for t in default["tied_with"]]},
-        "tuned": {"winner": tuned["winner"]["cell"], "tied_with": [t["cell"] for t in tuned["tied_with"]]},
-        "cells": cells,
-    }
+
+    def verdict(summary: dict | None) -> dict | None:
+        if summary is None or not summary["winner"]:
+            return None
+        return {"winner": summary["winner"]["cell"], "tied_with": [t["cell"] for t in summary["tied_with"]]}
+
+    return {"default": verdict(default), "tuned": verdict(tuned), "cells": cells}
 
 
 def main() -> None:
@@ -112,7 +125,7 @@ def main() -> None:
         reports = project_paths(cfg).reports_dir
         search, final = f"paths.reports_dir={reports / SEARCH}", f"paths.reports_dir={reports / FINAL}"
         run(["pipeline.experiment", "-m", "sweep=lr_search", search, *overrides])
-        run(["pipeline.compare", search, *overrides])
+        run(["pipeline.compare", search, *single_valued(overrides)])
         choice = choose(cfg, reports)
         write_json(reports / "tuned" / "choice.json", choice)
         jobs = [
@@ -122,7 +135,7 @@ def main() -> None:
         write_json(reports / "tuned" / "jobs.json", jobs)
         jobs_file = f"sweep.jobs_file={reports / 'tuned' / 'jobs.json'}"
         run(["pipeline.experiment", "-m", "sweep=tuned", jobs_file, final, *overrides])
-        run(["pipeline.compare", final, *overrides])
+        run(["pipeline.compare", final, *single_valued(overrides)])
         write_json(reports / "tuned" / "comparison.json", compare_views(reports))
     except PipelineError as err:
         log.error("%s", err)

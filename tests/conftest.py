@@ -173,12 +173,12 @@ def http_post_json(url: str, body: dict, timeout: float = 10) -> dict:
 
 
 @contextlib.contextmanager
-def mlflow_service(command: str, *args: str, log: Path | None = None) -> Iterator[str]:
-    """Run `mlflow <command> <args> --host 127.0.0.1 --port <free>`; yield its base URL; stop it.
+def mlflow_service(command: str, *args: str, log: Path | None = None, port: int | None = None) -> Iterator[str]:
+    """Run `mlflow <command> <args> --host 127.0.0.1 --port <port or a free one>`; yield its base URL; stop it.
 
     Its own process group: the server starts workers that must all stop at the end.
     """
-    port = free_port()
+    port = port or free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     out = log.open("wb") if log else subprocess.DEVNULL
     server = subprocess.Popen(

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import mlflow_service, run_module
+from conftest import free_port, mlflow_service, run_module
 from mlflow.tracking import MlflowClient
 
 from pipeline.atomic import sha256_file
@@ -222,7 +222,8 @@ def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_c
     cfg = tiny_data_cfg()
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     args = ("--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1")
-    with mlflow_service("server", *args) as base:
+    port = free_port()
+    with mlflow_service("server", *args, port=port) as base:
         proc = popen(
             "pipeline.train", f"paths.root={cfg.paths.root}", "tracking=server", f"tracking.uri={base}",
             "train.epochs=100000", "train.batch_size=8",
@@ -235,11 +236,11 @@ def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_c
     assert "Traceback" not in output
     assert "stopped answering" in output and "python -m pipeline.records" in output
     kept = next(project_paths(cfg).unlogged_dir.glob("*.json"))
-    with mlflow_service("server", *args) as base:  # back: log the kept epochs
+    with mlflow_service("server", *args, port=port) as base:  # back at the same address: log the kept epochs
         result = run_module("pipeline.records", str(kept))
         assert result.returncode == 0, result.stdout + result.stderr
         client = MlflowClient(tracking_uri=base)
         run = client.get_run(kept.stem)
         assert run.info.status == "FAILED"
-        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
-        assert len(epochs) >= 3 and epochs == sorted(set(epochs))
+        epochs = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        assert len(epochs) >= 3 and epochs == list(range(1, len(epochs) + 1)), "every epoch once, none missing"

@@ -3,12 +3,18 @@
 The grid is data (`sweep.grid` in `conf/sweep/<preset>.yaml`, so it is part of
 `params.yaml` and of DVC's record); keys swept on the command line replace the
 preset's (`-m train.batch_size=16,64`), and `sweep=none` starts from an empty grid.
+With `sweep.jobs_file` (a JSON list of override lists) it launches exactly those jobs
+instead of a product, with the command line's single-valued overrides added to each.
 """
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,9 +35,43 @@ def preset_grid(config: DictConfig) -> dict[str, str]:
     return {str(k): str(v) for k, v in OmegaConf.to_container(grid, resolve=True).items()}
 
 
+def preset_jobs(config: DictConfig, arguments: list[str]) -> list[list[str]] | None:
+    """With `sweep.jobs_file`: each listed job, after the command line's single-valued overrides."""
+    jobs_file = OmegaConf.select(config, "sweep.jobs_file", default=None)
+    if not jobs_file:
+        return None
+    from pipeline.errors import PipelineError
+    from pipeline.paths import resolve_path
+
+    path = resolve_path(jobs_file)
+    try:
+        jobs = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"sweep.jobs_file={jobs_file}: cannot read a JSON list of override lists ({err})") from err
+    fixed = [o for o in OverridesParser.create().parse_overrides(arguments) if not o.is_sweep_override()]
+    out = []
+    for job in jobs:
+        keys = {str(o).split("=", 1)[0] for o in job}
+        out.append([o.input_line for o in fixed if o.get_key_element() not in keys] + [str(o) for o in job])
+    return out
+
+
 class GridSweeper(BasicSweeper):
     """The basic sweeper with the preset's grid placed before the command line's keys."""
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.params = {**preset_grid(config), **(self.params or {})}
+
+    def sweep(self, arguments: list[str]) -> Any:
+        jobs = preset_jobs(self.config, arguments)
+        if jobs is None:
+            return super().sweep(arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        self.validate_batch_is_legal(jobs)
+        results = self.launcher.launch(jobs, initial_job_idx=0)
+        for result in results:
+            _ = result.return_value  # a failed job raises here, as in the basic sweeper
+        return [results]

@@ -1,0 +1,42 @@
+"""A fair comparison: learning rates scaled with the batch size, and tuned per cell then replicated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_module
+
+from pipeline.model import build_optimizer, effective_learning_rate
+
+
+@pytest.mark.parametrize(("rule", "factor"), [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
+def test_learning_rate_scales_with_the_batch_size(compose_cfg, rule, factor):
+    cfg = compose_cfg("optimizer=sgd", f"train.lr_scaling={rule}", "train.base_batch_size=128", "train.lr_factor=0.5")
+    assert effective_learning_rate(cfg, 512) == pytest.approx(0.01 * 0.5 * factor)
+    assert float(build_optimizer(cfg, 512).learning_rate) == pytest.approx(0.01 * 0.5 * factor)
+    assert effective_learning_rate(cfg, None) == pytest.approx(0.005), "before the data: the base batch size"
+
+
+@pytest.mark.slow
+def test_tune_chooses_a_rate_per_cell_on_validation_then_replicates(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    result = run_module(
+        "pipeline.tune", f"paths.root={root}", "optimizer=sgd,adam", "train.batch_size=32", "train.epochs=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    choice = json.loads((root / "reports/tuned/choice.json").read_text())
+    assert set(choice) == {"sgd-bs32", "adam-bs32"}
+    for cell in choice.values():
+        assert cell["lr_factor"] in (0.3, 1.0, 3.0)
+        base = 0.01 if cell["optimizer"] == "sgd" else 0.001
+        assert cell["learning_rate"] == pytest.approx(base * cell["lr_factor"])
+    final = json.loads((root / "reports/tuned/final/sweep/summary.json").read_text())
+    assert {(c["cell"], c["n"]) for c in final["cells"]} == {("sgd-bs32", 3), ("adam-bs32", 3)}, "3 seeds each"
+    search = json.loads((root / "reports/tuned/search/sweep/summary.json").read_text())
+    assert search["runs"] == 6, "2 cells x 3 learning rates"
+    comparison = json.loads((root / "reports/tuned/comparison.json").read_text())
+    assert comparison["tuned"]["winner"] in {"sgd-bs32", "adam-bs32"}
+    assert all("tuned" in cell and "chosen" in cell for cell in comparison["cells"].values())
