@@ -31,10 +31,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     test = load_split(cfg, "test")
     check_writable([outputs.metrics.parent])
     run_id = run_of_model(cfg, sha256_file(outputs.model)) if cfg.tracking.enabled else None
-    import keras
+    from pipeline.model import load_model
 
     try:
-        model = keras.models.load_model(outputs.model)
+        model = load_model(outputs.model)
     except Exception as err:  # noqa: BLE001 - a damaged or foreign file
         raise PipelineError(f"{outputs.model} cannot be loaded as a Keras model ({err}); retrain it.") from err
     with tracked_run(cfg, run_id=run_id) as run:

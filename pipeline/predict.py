@@ -75,9 +75,9 @@ def load(uri: str) -> Any:
         path = resolve_path(uri)
         if not path.is_file():
             raise PipelineError(f"model={uri}: no such file")
-        import keras
+        from pipeline.model import load_model
 
-        model = keras.models.load_model(path)
+        model = load_model(path)
         return lambda rows: np.asarray(model(rows, training=False))
     import mlflow.pyfunc
 

@@ -81,9 +81,9 @@ with warnings.catch_warnings():
         """The Keras model behind a pyfunc that takes images or flat rows."""
 
         def load_context(self, context: Any) -> None:
-            import keras
+            from pipeline.model import load_model
 
-            self.model = keras.models.load_model(context.artifacts["keras_model"])
+            self.model = load_model(context.artifacts["keras_model"])
 
         def predict(self, context, model_input, params=None):
             import pandas as pd

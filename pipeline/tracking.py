@@ -106,16 +106,26 @@ def store_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+_READY: dict[tuple[str, str], str] = {}  # (store, experiment) -> experiment id, set up in this process
+
+
 def setup_tracking(cfg: DictConfig) -> str:
     """Point MLflow at the configured store, create it and the experiment; return its id.
 
-    Closes this host's runs whose process is gone (see the module docstring).
+    Closes this host's runs whose process is gone (see the module docstring). The
+    checks run once per process and store; later calls (the runs of a sweep) only
+    point MLflow at it.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
+    ready = _READY.get((uri, str(cfg.tracking.experiment)))
+    if ready is not None:
+        use_store(uri)
+        mlflow.set_experiment(experiment_id=ready)
+        return ready
     configure_http_limits(cfg)
     check_server(uri, float(cfg.tracking.server_timeout_s))
     artifact_location, lock = None, contextlib.nullcontext()
@@ -146,6 +156,7 @@ def setup_tracking(cfg: DictConfig) -> str:
         raise PipelineError(f"Could not create or find MLflow experiment '{name}' in {uri}")
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     close_orphaned_runs(client, experiment.experiment_id)
+    _READY[(uri, str(name))] = experiment.experiment_id
     return experiment.experiment_id
 
 
