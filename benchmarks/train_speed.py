@@ -141,7 +141,8 @@ def pipeline_train(source: Path, work: Path, name: str, overrides: list[str]) ->
 
 
 def sweep(source: Path, work: Path, overrides: list[str]) -> dict:
-    root = project(work, "sweep", source)
+    """The sweep in the project the first pipeline run used: its store exists, as after `dvc repro train`."""
+    root = project(work, "jax0", source)
     cmd = [sys.executable, "-m", "pipeline.experiment", "-m", f"paths.root={root}", *overrides]
     _, wall, peak = run_measured(cmd, ROOT)
     children = [r for r in runs_of(root) if "mlflow.parentRunId" in r.data.tags]
@@ -168,6 +169,61 @@ def matmul_limit_seconds(samples: int, batch: int = 128, repeats: int = 50) -> t
     per_step = (time.perf_counter() - started) / repeats
     gflops = FLOP_PER_SAMPLE * batch / per_step / 1e9
     return samples * FLOP_PER_SAMPLE / (gflops * 1e9), gflops
+
+
+VMAP_SCRIPT = """
+import json, time, numpy as np, jax, jax.numpy as jnp
+data = np.load("{train}")
+x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
+n, batch, replicas = x.shape[0], 128, 3
+steps = n // batch
+
+def init(key):
+    k1, k2 = jax.random.split(key)
+    g1, g2 = (6 / (784 + 512)) ** 0.5, (6 / (512 + 10)) ** 0.5
+    return dict(w1=jax.random.uniform(k1, (784, 512), minval=-g1, maxval=g1), b1=jnp.zeros(512),
+                w2=jax.random.uniform(k2, (512, 10), minval=-g2, maxval=g2), b2=jnp.zeros(10))
+
+def loss(p, xb, yb):
+    logits = jax.nn.relu(xb @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+    return -(yb * jax.nn.log_softmax(logits)).sum(-1).mean()
+
+def epoch(p, v, x, y, order):  # RMSprop, as Keras: rho 0.9, eps 1e-7, lr 1e-3
+    def step(carry, idx):
+        p, v = carry
+        g = jax.grad(loss)(p, x[idx], y[idx])
+        v = jax.tree.map(lambda v, g: 0.9 * v + 0.1 * g * g, v, g)
+        p = jax.tree.map(lambda p, g, v: p - 1e-3 * g / (jnp.sqrt(v) + 1e-7), p, g, v)
+        return (p, v), None
+    return jax.lax.scan(step, (p, v), order)[0]
+
+one = jax.jit(epoch)
+many = jax.jit(jax.vmap(epoch, in_axes=(0, 0, None, None, 0)))
+rng = np.random.default_rng(0)
+orders = np.stack([rng.permutation(n)[: steps * batch].reshape(steps, batch) for _ in range(replicas)])
+keys = jax.random.split(jax.random.PRNGKey(0), replicas)
+ps = [init(k) for k in keys]
+vs = [jax.tree.map(jnp.zeros_like, p) for p in ps]
+stacked_p, stacked_v = jax.vmap(init)(keys), jax.tree.map(jnp.zeros_like, jax.vmap(init)(keys))
+jax.block_until_ready(one(ps[0], vs[0], x, y, orders[0]))  # compile both before timing
+jax.block_until_ready(many(stacked_p, stacked_v, x, y, orders))
+t = time.perf_counter()
+for r in range(replicas):
+    jax.block_until_ready(one(ps[r], vs[r], x, y, orders[r]))
+sequential = time.perf_counter() - t
+t = time.perf_counter()
+jax.block_until_ready(many(stacked_p, stacked_v, x, y, orders))
+vectorised = time.perf_counter() - t
+print("RESULT", json.dumps({{"sequential": sequential, "vmap": vectorised, "replicas": replicas}}))
+"""
+
+
+def vmap_replicas(source: Path, work: Path) -> dict:
+    """One epoch of the seed network for 3 seeds: one after another vs `jax.vmap` in one program."""
+    path = work / "vmap.py"
+    path.write_text(VMAP_SCRIPT.format(train=source / "data" / "processed" / "train.npz"))
+    output, _, _ = run_measured([sys.executable, str(path)], work)
+    return json.loads(output.split("RESULT", 1)[1])
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -198,6 +254,7 @@ def main() -> None:
             print(f"round {i + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]['fit']:.1f} s" for k, v in results.items()))
         grid = ["sweep=none", "optimizer=sgd,adam", "train.epochs=1"] if args.quick else []
         swept = sweep(args.root, work, grid)
+        replicas = None if args.quick else vmap_replicas(args.root, work)
     n_train = 54000 if not args.quick else None
     limit, gflops = matmul_limit_seconds((n_train or 3000) * epochs)
     means = {k: summarise(v) for k, v in results.items()}
@@ -208,6 +265,7 @@ def main() -> None:
         "rounds": rounds,
         "variants": means,
         "sweep": swept,
+        "vmap": replicas,
         "matmul_limit_s": limit,
         "matmul_gflops": gflops,
         "ratios": {
@@ -242,6 +300,11 @@ def main() -> None:
             tensorflow backend: fit {r["tf_fit"]:.2f}, whole process {r["tf_process"]:.2f} of the script's"""
         )
     )
+    if replicas:
+        print(
+            f"3 seeds, one epoch, pure JAX: sequential {replicas['sequential']:.2f} s, "
+            f"jax.vmap {replicas['vmap']:.2f} s ({replicas['vmap'] / replicas['sequential']:.2f}x)"
+        )
     target = args.json or (None if args.quick else ROOT / "reports" / "benchmark.json")
     if target:
         target.parent.mkdir(parents=True, exist_ok=True)

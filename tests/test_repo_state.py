@@ -62,8 +62,9 @@ def test_dvc_lock_matches_the_committed_code_and_config():
 
 
 def test_readme_tables_are_generated_from_reports():
-    from pipeline.readme import render
+    from pipeline.readme import DOCUMENTS, render
 
-    text = (PACKAGE_CHECKOUT / "README.md").read_text()
-    assert "<!-- generated: sweep_answer -->" in text
-    assert render(text) == text, "run: python -m pipeline.readme"
+    assert "<!-- generated: sweep_answer -->" in (PACKAGE_CHECKOUT / "README.md").read_text()
+    for name in DOCUMENTS:
+        text = (PACKAGE_CHECKOUT / name).read_text()
+        assert render(text) == text, f"{name}: run python -m pipeline.readme"
