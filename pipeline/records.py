@@ -148,6 +148,9 @@ def log_model(model_file: Path, backend: str) -> None:
 
     packages = ["keras", "jax", "jaxlib"] if backend == "jax" else ["keras", "tensorflow-cpu"]
     requirements = [f"{p}=={md.version(p)}" for p in (*packages, "mlflow", "pandas", "numpy")]
+    # MLflow warns on every log that a python_model object is pickled: ours is a class of
+    # this package, pickled by reference; once per sweep run the warning is only noise.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     Model.log(
         artifact_path=None,  # deprecated in favour of name=, but still a required argument of Model.log
         name="model",
