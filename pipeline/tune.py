@@ -123,7 +123,9 @@ def main() -> None:
     try:
         cfg = base_config(overrides)
         reports = project_paths(cfg).reports_dir
-        search, final = f"paths.reports_dir={reports / SEARCH}", f"paths.reports_dir={reports / FINAL}"
+        # relative to the project, as configured: no machine's path in the records
+        configured = Path(cfg.paths.reports_dir)
+        search, final = f"paths.reports_dir={configured / SEARCH}", f"paths.reports_dir={configured / FINAL}"
         run(["pipeline.experiment", "-m", "sweep=lr_search", search, *overrides])
         run(["pipeline.compare", search, *single_valued(overrides)])
         choice = choose(cfg, reports)
@@ -133,7 +135,7 @@ def main() -> None:
             for c in choice.values()
         ]
         write_json(reports / "tuned" / "jobs.json", jobs)
-        jobs_file = f"sweep.jobs_file={reports / 'tuned' / 'jobs.json'}"
+        jobs_file = f"sweep.jobs_file={configured / 'tuned' / 'jobs.json'}"
         run(["pipeline.experiment", "-m", "sweep=tuned", jobs_file, final, *overrides])
         run(["pipeline.compare", final, *single_valued(overrides)])
         write_json(reports / "tuned" / "comparison.json", compare_views(reports))

@@ -178,3 +178,19 @@ def test_cli_unknown_optimizer_lists_choices(tmp_path):
     assert "Could not find 'optimizer/adagrad'" in result.stderr
     for name in ("adam", "momentum", "rmsprop", "sgd"):
         assert name in result.stderr
+
+
+@pytest.mark.slow
+def test_tensorflow_backend_trains_and_evaluates_the_same_way(tiny_data_cfg):
+    """`train.backend=tensorflow` (Keras' fit with XLA) stays a supported backend."""
+    cfg = tiny_data_cfg()
+    root = cfg.paths.root
+    for module in ("pipeline.train", "pipeline.evaluate"):
+        result = run_module(module, f"paths.root={root}", "train.backend=tensorflow", "train.epochs=2")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    client = client_for(cfg)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.backend"] == "tensorflow"
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+    assert run.data.metrics["test_accuracy"] > 0.5

@@ -43,7 +43,7 @@ def preset_jobs(config: DictConfig, arguments: list[str]) -> list[list[str]] | N
     from pipeline.errors import PipelineError
     from pipeline.paths import resolve_path
 
-    path = resolve_path(jobs_file)
+    path = resolve_path(jobs_file, OmegaConf.select(config, "paths.root", default=None))
     try:
         jobs = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
