@@ -73,10 +73,17 @@ def grid_params(overrides: list[str]) -> dict[str, str]:
     }
 
 
+# Jobs whose configs `compose_jobs` composed in this process: the grid sweeper does not
+# compose them a second time before launching (Hydra's own check repeats this work).
+COMPOSED_JOBS: set[tuple[str, ...]] = set()
+
+
 def compose_jobs(config: DictConfig, jobs: list[list[str]]) -> list[DictConfig]:
     """Compose each job's config as its launcher will (unknown options fail with Hydra's message)."""
     loader = GlobalHydra.instance().config_loader()
-    return [loader.load_sweep_config(config, list(job)) for job in jobs]
+    composed = [loader.load_sweep_config(config, list(job)) for job in jobs]
+    COMPOSED_JOBS.update(tuple(job) for job in jobs)
+    return composed
 
 
 def launcher_kind(config: DictConfig) -> str:
