@@ -7,6 +7,7 @@ model), so scoring costs the same in every job of a sweep.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ def plot_misclassified(test: Split, true: np.ndarray, predicted: np.ndarray, pat
     _save(png, path)
 
 
+@functools.cache  # ~150 labels per confusion matrix: load each size once per process
 def _font(size: int) -> Any:
     from PIL import ImageFont
 
