@@ -73,16 +73,13 @@ def grid_params(overrides: list[str]) -> dict[str, str]:
     }
 
 
-# Jobs whose configs `compose_jobs` composed in this process: the grid sweeper does not
-# compose them a second time before launching (Hydra's own check repeats this work).
-COMPOSED_JOBS: set[tuple[str, ...]] = set()
-
-
 def compose_jobs(config: DictConfig, jobs: list[list[str]]) -> list[DictConfig]:
     """Compose each job's config as its launcher will (unknown options fail with Hydra's message)."""
+    from hydra_plugins.mnist_pipeline.grid_sweeper import COMPOSED_JOBS
+
     loader = GlobalHydra.instance().config_loader()
     composed = [loader.load_sweep_config(config, list(job)) for job in jobs]
-    COMPOSED_JOBS.update(tuple(job) for job in jobs)
+    COMPOSED_JOBS.update(tuple(job) for job in jobs)  # the grid sweeper need not compose them again
     return composed
 
 

@@ -27,6 +27,11 @@ class GridSweeperConf(BasicSweeperConf):
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="mnist_pipeline")
 
 
+# Jobs whose configs the sweep callback (`pipeline.sweep.compose_jobs`) composed in this
+# process to check them before the first job: Hydra's own check would repeat that work.
+COMPOSED_JOBS: set[tuple[str, ...]] = set()
+
+
 def preset_grid(config: DictConfig) -> dict[str, str]:
     """`sweep.grid` of a composed config, values as override strings."""
     grid = OmegaConf.select(config, "sweep.grid", default=None)
@@ -65,8 +70,6 @@ class GridSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Any) -> None:
         """Compose the jobs the sweep callback has not already composed (each costs ~0.3 s)."""
-        from pipeline.sweep import COMPOSED_JOBS
-
         unchecked = [job for job in batch if tuple(job) not in COMPOSED_JOBS]
         if unchecked:
             super().validate_batch_is_legal(unchecked)
