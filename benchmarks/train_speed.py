@@ -16,7 +16,7 @@ wall seconds, its peak memory (VmHWM) and the test accuracy. Then the default sw
 cells x 3 seeds) in one `python -m pipeline.experiment -m` call, and the matmul limit:
 1.64 MFLOP per sample at numpy's float32 matmul speed on the layer shapes. It prints the
 ratios the README's performance table shows and writes them as JSON
-(reports/benchmark.json, read by `python -m pipeline.readme`).
+(reports/benchmark.json, read by `python -m pipeline.project.readme`).
 """
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.app import stage_main
-from pipeline.atomic import sha256_file, write_json, write_npz
-from pipeline.errors import PipelineError
-from pipeline.paths import project_paths
-from pipeline.sources import check_mirrors, fetch_mirror, validate_arrays
+from pipeline.core.app import stage_main
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import sha256_file, write_json, write_npz
+from pipeline.core.paths import project_paths
+from pipeline.data.sources import check_mirrors, fetch_mirror, validate_arrays
 
 log = logging.getLogger(__name__)
 

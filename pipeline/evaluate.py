@@ -11,13 +11,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.app import stage_main
-from pipeline.atomic import check_writable, sha256_file
-from pipeline.data import load_split
-from pipeline.errors import PipelineError
-from pipeline.jobs import evaluate_run, run_of_model
-from pipeline.paths import project_paths
-from pipeline.tracking import tracked_run
+from pipeline.core.app import stage_main
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import check_writable, sha256_file
+from pipeline.core.paths import project_paths
+from pipeline.core.store import tracked_run
+from pipeline.data.splits import load_split
+from pipeline.training.runner import evaluate_run, run_of_model
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     test = load_split(cfg, "test")
     check_writable([outputs.metrics.parent])
     run_id = run_of_model(cfg, sha256_file(outputs.model)) if cfg.tracking.enabled else None
-    from pipeline.model import load_model
+    from pipeline.model.networks import load_model
 
     try:
         model = load_model(outputs.model)

@@ -1,7 +1,7 @@
 """Classify your own digit images: `python -m pipeline.predict input=<image file or folder>`.
 
 Reads PNG and JPEG files of any size, converts each the way MNIST was made
-(`pipeline.serving.to_mnist`: grey, digit white on black with the dark-on-light rule,
+(`pipeline.model.serving.to_mnist`: grey, digit white on black with the dark-on-light rule,
 fitted into 20 x 20 and centred in 28 x 28), and prints one tab-separated line per image:
 `<path>  <digit>  <probability>`. `output=<file.csv>` writes the same as CSV.
 
@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline.app import stage_main
-from pipeline.atomic import write_text
-from pipeline.errors import PipelineError
-from pipeline.paths import CONFIG_DIR, project_paths, resolve_path
+from pipeline.core.app import stage_main
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import write_text
+from pipeline.core.paths import CONFIG_DIR, project_paths, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def default_model(cfg: DictConfig) -> str:
     if cfg.tracking.enabled:
         from mlflow.tracking import MlflowClient
 
-        from pipeline.tracking import setup_tracking
+        from pipeline.core.store import setup_tracking
 
         setup_tracking(cfg)
         name = cfg.tracking.registered_model
@@ -75,7 +75,7 @@ def load(uri: str) -> Any:
         path = resolve_path(uri)
         if not path.is_file():
             raise PipelineError(f"model={uri}: no such file")
-        from pipeline.model import load_model
+        from pipeline.model.networks import load_model
 
         model = load_model(path)
         return lambda rows: np.asarray(model(rows, training=False))
@@ -100,7 +100,7 @@ def load(uri: str) -> Any:
 
 def predict(cfg: DictConfig) -> list[tuple[str, int, float]]:
     """Classify every image of `input`; print (and optionally write) path, digit, probability."""
-    from pipeline.serving import to_mnist
+    from pipeline.model.serving import to_mnist
 
     if cfg.invert not in ("auto", "true", "false"):
         raise PipelineError(f"invert={cfg.invert!r} is not allowed: auto, true or false. Fix it, e.g. invert=auto")
@@ -110,7 +110,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, int, float]]:
     if cfg.model is None:
         log.info("Model: %s", uri)
     elif cfg.tracking.enabled and "://" not in uri and uri.startswith(("models:", "runs:")):
-        from pipeline.tracking import setup_tracking
+        from pipeline.core.store import setup_tracking
 
         setup_tracking(cfg)
     probs = load(uri)(rows)

@@ -13,13 +13,13 @@ import logging
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.app import stage_main
-from pipeline.atomic import sha256_file, write_json, write_npz
-from pipeline.data import one_hot, to_features
-from pipeline.errors import PipelineError
-from pipeline.paths import project_paths
-from pipeline.schema import check_val_fraction
-from pipeline.sources import read_npz, validate_arrays
+from pipeline.core.app import stage_main
+from pipeline.core.config import check_val_fraction
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import sha256_file, write_json, write_npz
+from pipeline.core.paths import project_paths
+from pipeline.data.sources import read_npz, validate_arrays
+from pipeline.data.splits import one_hot, to_features
 
 log = logging.getLogger(__name__)
 

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.app import stage_main
-from pipeline.atomic import check_writable
-from pipeline.data import load_split
-from pipeline.jobs import train_run
-from pipeline.model import build_optimizer
-from pipeline.paths import project_paths
-from pipeline.records import run_name
-from pipeline.tracking import tracked_run
-from pipeline.trainer import TrainResult
+from pipeline.core.app import stage_main
+from pipeline.core.files import check_writable
+from pipeline.core.paths import project_paths
+from pipeline.core.store import tracked_run
+from pipeline.data.splits import load_split
+from pipeline.model.networks import check_buildable
+from pipeline.training.loop import TrainResult
+from pipeline.training.records import run_name
+from pipeline.training.runner import train_run
 
 
 def train(cfg: DictConfig) -> TrainResult:
     """The train stage: one tracked training run whose outputs the evaluate stage reads."""
     splits = load_split(cfg, "train"), load_split(cfg, "val")
     outputs = project_paths(cfg).stage_outputs
-    # Bad input fails before a run starts: an optimizer argument, an unwritable output folder.
-    build_optimizer(cfg)
+    # Bad input fails before a run starts: a model or optimizer setting, an unwritable output folder.
+    check_buildable(cfg)
     check_writable([outputs.model.parent, outputs.history.parent])
     with tracked_run(cfg, run_name=run_name(cfg)) as run:
         return train_run(cfg, *splits, outputs, run.info.run_id if run else None)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline.atomic import write_json
-from pipeline.errors import PipelineError
-from pipeline.paths import PACKAGE_CHECKOUT, project_paths
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import write_json
+from pipeline.core.paths import PACKAGE_CHECKOUT, project_paths
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def base_config(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from pipeline.paths import CONFIG_DIR
+    from pipeline.core.paths import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -66,7 +66,7 @@ def choose(cfg: DictConfig, reports: Path) -> dict[str, dict]:
     """Per cell, the learning-rate factor whose run had the best final validation accuracy."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import child_runs, setup_tracking
+    from pipeline.core.store import child_runs, setup_tracking
 
     setup_tracking(cfg)
     client = MlflowClient()

@@ -21,9 +21,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from pipeline.app import prepare_config
-from pipeline.atomic import write_npz
-from pipeline.paths import CONFIG_DIR, PACKAGE_CHECKOUT
+from pipeline.core.app import prepare_config
+from pipeline.core.files import write_npz
+from pipeline.core.paths import CONFIG_DIR, PACKAGE_CHECKOUT
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -54,7 +54,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 def write_idx_folder(folder: Path, arrays: dict[str, np.ndarray], gzipped: bool) -> Path:
     """Write the four IDX files of `arrays` into `folder`."""
-    from pipeline.sources import IDX_STEMS
+    from pipeline.data.sources import IDX_STEMS
 
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in IDX_STEMS.items():
@@ -210,3 +210,10 @@ def mlflow_service(command: str, *args: str, log: Path | None = None, port: int 
             server.wait(timeout=30)
         if log:
             out.close()
+
+
+def sweep_record(root: Path) -> dict:
+    """The record of the sweep started last in the project under `root` (`<mlruns>/sweeps/<parent id>.json`)."""
+    records = [p for p in (root / "mlruns" / "sweeps").glob("*.json") if p.name != "stage.json"]
+    assert records, f"no sweep record under {root / 'mlruns' / 'sweeps'}"
+    return max((json.loads(p.read_text()) for p in records), key=lambda r: r["started"])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.paths import PACKAGE_CHECKOUT
+from pipeline.core.paths import PACKAGE_CHECKOUT
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import compose_hydra, run_module
 
-from pipeline.errors import PipelineError
-from pipeline.paths import CONFIG_DIR, find_project_root, project_paths, resolve_path
-from pipeline.schema import check_config, resolve_batch_size
+from pipeline.core.config import check_config, resolve_batch_size
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import CONFIG_DIR, find_project_root, project_paths, resolve_path
 
 
 def options(group: str) -> list[str]:
@@ -31,13 +31,13 @@ def test_every_option_of_every_group_composes_and_checks(compose_cfg, group, opt
     cfg = compose_cfg(f"{group}={option}")
     check_config(cfg)
     if group == "optimizer":
-        from pipeline.model import build_optimizer
+        from pipeline.model.networks import build_optimizer
 
         optimizer = build_optimizer(cfg)
         assert optimizer.name == option, "the optimizer's name is its file's name"
         assert float(optimizer.learning_rate) == pytest.approx(cfg.optimizer.learning_rate)
     if group == "model":
-        from pipeline.model import build_model
+        from pipeline.model.networks import build_model
 
         model = build_model(cfg)
         assert model.input_shape == (None, 784) and model.output_shape == (None, 10)
@@ -45,14 +45,14 @@ def test_every_option_of_every_group_composes_and_checks(compose_cfg, group, opt
 
 
 def test_momentum_is_sgd_with_momentum(compose_cfg):
-    from pipeline.model import build_optimizer
+    from pipeline.model.networks import build_optimizer
 
     optimizer = build_optimizer(compose_cfg("optimizer=momentum"))
     assert type(optimizer).__name__ == "SGD" and optimizer.momentum == pytest.approx(0.9)
 
 
 def test_reference_network_shape(compose_cfg):
-    from pipeline.model import build_model
+    from pipeline.model.networks import build_model
 
     model = build_model(compose_cfg())
     dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"]
@@ -62,7 +62,7 @@ def test_reference_network_shape(compose_cfg):
 
 
 def test_deeper_mlp_is_a_config_change(compose_cfg):
-    from pipeline.model import build_model
+    from pipeline.model.networks import build_model
 
     model = build_model(compose_cfg("model.hidden_units=[256,128]", "model.activation=tanh"))
     assert [layer.units for layer in model.layers[1:]] == [256, 128, 10]
@@ -74,7 +74,7 @@ def test_optimizer_file_needs_only_target_and_arguments(tmp_path, compose_cfg):
     extra.mkdir(parents=True)
     (extra / "adagrad.yaml").write_text("_target_: keras.optimizers.Adagrad\nlearning_rate: 0.01\n")
     cfg = compose_cfg("optimizer=adagrad", f"hydra.searchpath=[file://{extra.parent}]")
-    from pipeline.model import build_optimizer
+    from pipeline.model.networks import build_optimizer
 
     assert cfg.optimizer.name == "adagrad"
     assert type(build_optimizer(cfg)).__name__ == "Adagrad"
@@ -143,7 +143,7 @@ def test_stage_paths_resolve_against_root(compose_cfg, tmp_path, monkeypatch):
     paths = project_paths(compose_cfg())
     assert paths.raw_dir == tmp_path / "project" / "data" / "raw"
     assert paths.raw_data == tmp_path / "project" / "data" / "raw" / "mnist.npz"
-    assert paths.sweep_record == tmp_path / "project" / "reports" / "sweep" / "sweep.json"
+    assert paths.sweep_record == tmp_path / "project" / "mlruns" / "sweeps" / "stage.json"
 
 
 def test_store_stays_in_the_real_project_inside_a_dvc_experiment_folder(tmp_path, monkeypatch):

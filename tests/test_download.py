@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from conftest import run_module, tiny_arrays, write_idx_folder
 
-from pipeline.atomic import sha256_file
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import sha256_file
+from pipeline.core.paths import project_paths
+from pipeline.data.sources import DatasetFormatError, read_idx, safe_unpickle
 from pipeline.download import download_dataset
-from pipeline.errors import PipelineError
-from pipeline.paths import project_paths
-from pipeline.sources import DatasetFormatError, read_idx, safe_unpickle
 
 
 def mirrors(*entries: dict) -> str:

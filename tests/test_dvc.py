@@ -18,8 +18,8 @@ from conftest import tiny_arrays
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline.atomic import sha256_file, write_npz
-from pipeline.paths import PACKAGE_CHECKOUT
+from pipeline.core.files import sha256_file, write_npz
+from pipeline.core.paths import PACKAGE_CHECKOUT
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +88,8 @@ def make_repo(tmp_path: Path) -> tuple[Path, dict]:
     shutil.copy(PACKAGE_CHECKOUT / ".dvc/config", repo / ".dvc/config")  # Hydra composition on
     shutil.copytree(PACKAGE_CHECKOUT / ".dvc/plots", repo / ".dvc/plots")
     (repo / ".gitignore").write_text("/mlruns/\n/logs/\n__pycache__/\n")
-    sh("python", "-m", "pipeline.params", cwd=repo, env=env)  # params.yaml for the tiny config
-    sh("python", "-m", "pipeline.stages", cwd=repo, env=env)
+    sh("python", "-m", "pipeline.core.dvcparams", cwd=repo, env=env)  # params.yaml for the tiny config
+    sh("python", "-m", "pipeline.project.stages", cwd=repo, env=env)
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "tiny", cwd=repo, env=env)
     return repo, env

@@ -14,8 +14,9 @@ import pytest
 from conftest import http_get, mlflow_service, run_module
 from mlflow.tracking import MlflowClient
 
-from pipeline.paths import PACKAGE_CHECKOUT
-from pipeline.tracking import SWEEP_ROLE_TAG, tracking_uri
+from pipeline.core.paths import PACKAGE_CHECKOUT
+from pipeline.core.store import tracking_uri
+from pipeline.sweeps.callback import SWEEP_ROLE_TAG
 
 try:
     from playwright.sync_api import Locator, Page, expect, sync_playwright

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import http_get, mlflow_service
 
-from pipeline.experiment import run_experiment
+from pipeline.training.runner import run_experiment
 
 pytestmark = pytest.mark.slow
 

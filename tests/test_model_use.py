@@ -20,10 +20,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline.compare import compare_sweep
-from pipeline.data import load_split
-from pipeline.experiment import run_experiment
-from pipeline.serving import to_mnist
-from pipeline.tracking import tracking_uri, use_store
+from pipeline.core.store import tracking_uri, use_store
+from pipeline.data.splits import load_split
+from pipeline.model.serving import to_mnist
+from pipeline.training.runner import run_experiment
 
 
 def stroke_image(size: int = 280, dark_on_light: bool = True) -> np.ndarray:
@@ -50,10 +50,10 @@ def test_image_conversion_follows_mnist(tmp_path):
 
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
-    """A tiny 2-cell sweep, compared (so a champion is registered)."""
+    """A tiny 2-cell sweep of 2 seeds each, compared (so a champion is registered)."""
     from conftest import compose_config, tiny_arrays
 
-    from pipeline.atomic import write_npz
+    from pipeline.core.files import write_npz
     from pipeline.download import download_dataset
     from pipeline.preprocess import preprocess_dataset
 
@@ -62,7 +62,7 @@ def sweep_store(tmp_path_factory):
     cfg = compose_config(root, f"dataset.mirrors=[{{url: '{root / 'tiny.npz'}', sha256: null}}]")
     download_dataset(cfg)
     preprocess_dataset(cfg)
-    run_sweep(root, "optimizer=sgd,adam", "train.batch_size=32")
+    run_sweep(root, "optimizer=sgd,adam", "train.batch_size=32", "sweep.seeds=2")  # a champion needs replicates
     summary = compare_sweep(cfg)
     return cfg, summary
 

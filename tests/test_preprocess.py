@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import run_module, tiny_arrays
 
-from pipeline.atomic import write_npz
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import write_npz
+from pipeline.core.paths import project_paths
 from pipeline.download import download_dataset
-from pipeline.errors import PipelineError
-from pipeline.paths import project_paths
 from pipeline.preprocess import preprocess_dataset
 
 

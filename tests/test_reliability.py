@@ -14,12 +14,12 @@ import pytest
 from conftest import run_module
 from mlflow.tracking import MlflowClient
 
-from pipeline.atomic import atomic_path, write_npz
-from pipeline.experiment import run_experiment
-from pipeline.paths import PACKAGE_CHECKOUT, project_paths
-from pipeline.tracking import tracking_uri
+from pipeline.core.files import atomic_path, write_npz
+from pipeline.core.paths import PACKAGE_CHECKOUT, project_paths
+from pipeline.core.store import tracking_uri
 from pipeline.train import train
-from pipeline.trainer import DivergedError
+from pipeline.training.loop import DivergedError
+from pipeline.training.runner import run_experiment
 
 
 def all_runs(cfg):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import compose_hydra, http_get, http_post_json, mlflow_service, run_module, run_sweep
 
-from pipeline.errors import PipelineError
-from pipeline.sweep import job_threads
-from pipeline.tracking import SWEEP_ROLE_TAG, setup_tracking
+from pipeline.core.errors import PipelineError
+from pipeline.core.store import setup_tracking
+from pipeline.sweeps.callback import SWEEP_ROLE_TAG, job_threads
 
 SLURM_TEST_ENV = "MNIST_PIPELINE_SLURM_TEST"
 

@@ -10,8 +10,9 @@ from conftest import run_module
 from mlflow.tracking import MlflowClient
 
 from pipeline.compare import compare_sweep
-from pipeline.search import Pruned, TrialReporter
-from pipeline.tracking import SWEEP_ROLE_TAG, tracking_uri
+from pipeline.core.store import tracking_uri
+from pipeline.sweeps.callback import SWEEP_ROLE_TAG
+from pipeline.sweeps.search import Pruned, TrialReporter
 
 
 def search(root: Path, *overrides: str):

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from conftest import run_module, run_sweep
+from conftest import run_module, run_sweep, sweep_record
 from mlflow.tracking import MlflowClient
 
 from pipeline.compare import compare_sweep
-from pipeline.errors import PipelineError
-from pipeline.sweep import expand_grid, grid_params
-from pipeline.tracking import SWEEP_ROLE_TAG, tracking_uri
+from pipeline.core.errors import PipelineError
+from pipeline.core.store import tracking_uri
+from pipeline.sweeps.callback import SWEEP_ROLE_TAG
+from pipeline.sweeps.grid import expand_grid, grid_params
 
 
 def sweep_runs(cfg) -> tuple:
@@ -55,7 +55,7 @@ def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg)
         assert run.data.tags["train.batch_samples"] == batch
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
         assert "test_accuracy" in run.data.metrics
-    record = json.loads((root / "reports/sweep/sweep.json").read_text())
+    record = sweep_record(root)
     assert record["parent_run_id"] == parent.info.run_id
     assert set(record["runs"]) == {r.info.run_id for r in children}, "keyed by run id"
     assert {v["status"] for v in record["runs"].values()} == {"FINISHED"}
@@ -69,12 +69,12 @@ def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg)
         assert row.test_accuracy == pytest.approx(by_id[row.run_id].data.metrics["test_accuracy"])
         cell = cells[(cells.optimizer == row.optimizer) & (cells.batch_size == row.batch_size)].iloc[0]
         assert cell.n == 1 and cell["mean"] == pytest.approx(row.test_accuracy)
-    assert result["winner"]["mean"] == pytest.approx(table["test_accuracy"].max())
+    assert result["winner"]["val_mean"] == pytest.approx(table["final_val_accuracy"].max()), "chosen on validation"
     out = root / "reports/sweep"
     pivot = (out / "pivot.csv").read_text().splitlines()
     assert pivot[0] == "optimizer,16,64" and sorted(line.split(",")[0] for line in pivot[1:]) == ["adam", "sgd"]
     curves = (out / "curves.csv").read_text().splitlines()
-    assert curves[0].startswith("run_id,run_name,optimizer,batch_size,seed,epoch")
+    assert curves[0].startswith("run_name,cell,optimizer,batch_size,seed,epoch"), "no run ids in committed files"
     assert len(curves) == 1 + 4, "one curve point per run per epoch"
     for name in ("curves.png", "heatmap.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
@@ -86,29 +86,29 @@ def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg)
 def test_failed_job_is_recorded_and_the_sweep_goes_on(tiny_data_cfg):
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)
-    # An activation Keras does not know: the config is valid, the job fails when it builds the model.
-    run_sweep(root, "optimizer=sgd,adam", "model.activation=relu,nonsense", "train.batch_size=32")
+    # A learning rate that blows the weights up: the config is valid, the job fails while it trains.
+    run_sweep(root, "optimizer=sgd,adam", "optimizer.learning_rate=0.01,1e30", "train.batch_size=32")
     _, parents, children = sweep_runs(cfg)
     statuses = {r.info.run_name: r.info.status for r in children}
     assert statuses == {
-        "sgd-bs32-activationrelu": "FINISHED",
-        "sgd-bs32-activationnonsense": "FAILED",
-        "adam-bs32-activationrelu": "FINISHED",
-        "adam-bs32-activationnonsense": "FAILED",
+        "sgd-bs32-lr0.01": "FINISHED",
+        "sgd-bs32-lr1e+30": "FAILED",
+        "adam-bs32-lr0.01": "FINISHED",
+        "adam-bs32-lr1e+30": "FAILED",
     }
     failed = next(r for r in children if r.info.status == "FAILED")
-    assert "nonsense" in failed.data.tags["failure_reason"]
+    assert "diverged" in failed.data.tags["failure_reason"]
     assert parents[0].info.status == "FINISHED"
-    record = json.loads((root / "reports/sweep/sweep.json").read_text())
+    record = sweep_record(root)
     assert (record["finished"], record["failed"]) == (2, 2)
     summary = compare_sweep(cfg)
     assert (summary["finished"], summary["failed"]) == (2, 2)
-    assert summary["table"].set_index("run_name").loc["sgd-bs32-activationnonsense", "status"] == "FAILED"
+    assert summary["table"].set_index("run_name").loc["sgd-bs32-lr1e+30", "status"] == "FAILED"
 
 
 def test_sweep_whose_every_run_failed_exits_non_zero(tiny_data_cfg):
     cfg = tiny_data_cfg()
-    result = run_sweep(Path(cfg.paths.root), "model.activation=nonsense,garbage", expect_ok=False)
+    result = run_sweep(Path(cfg.paths.root), "optimizer=sgd", "optimizer.learning_rate=1e30,1e31", expect_ok=False)
     assert result.returncode == 1
     assert "Every run of the sweep failed (2 of 2)" in result.stdout + result.stderr
     _, parents, children = sweep_runs(cfg)
@@ -126,7 +126,7 @@ def test_sweep_over_learning_rates_keeps_every_run_apart(tiny_data_cfg):
         "sgd-bs128-lr0.01": "FINISHED",
         "sgd-bs128-lr1e+30": "FAILED",
     }
-    record = json.loads((root / "reports/sweep/sweep.json").read_text())
+    record = sweep_record(root)
     assert {v["name"]: v["status"] for v in record["runs"].values()} == {
         "sgd-bs128-lr0.01": "FINISHED",
         "sgd-bs128-lr1e+30": "FAILED",
@@ -176,6 +176,7 @@ def test_joblib_launcher_two_workers_fresh_store_loses_nothing(tiny_data_cfg):
         ("train.batch_size=32,abc", "train.batch_size='abc' is not allowed"),
         ("optimizer=sgd,adagrad", "Could not find 'optimizer/adagrad'"),
         ("optimizer.learning_rate=0.01,inf", "optimizer.learning_rate=inf is not allowed"),
+        ("model.activation=relu,nonsense", "model=mlp (pipeline.model.networks.mlp) cannot be built"),
     ],
 )
 def test_bad_sweep_value_fails_before_any_job(tiny_data_cfg, override, message):
@@ -190,7 +191,7 @@ def test_bad_sweep_value_fails_before_any_job(tiny_data_cfg, override, message):
 
 def test_compare_without_sweep_says_so(compose_cfg, tmp_path):
     cfg = compose_cfg()
-    with pytest.raises(PipelineError, match="No sweep record at .*sweep.json: run a sweep first"):
+    with pytest.raises(PipelineError, match="No sweep record at .*: run a sweep first"):
         compare_sweep(cfg)
     result = run_module("pipeline.compare", f"paths.root={tmp_path / 'project'}")
     assert result.returncode == 1

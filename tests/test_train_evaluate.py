@@ -11,17 +11,17 @@ import pytest
 from conftest import compose_config, run_module, tiny_arrays
 from mlflow.tracking import MlflowClient
 
-from pipeline.atomic import sha256_file, write_npz
-from pipeline.data import load_split
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import sha256_file, write_npz
+from pipeline.core.paths import project_paths
+from pipeline.core.store import tracking_uri, use_store
+from pipeline.data.splits import load_split
 from pipeline.download import download_dataset
-from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
-from pipeline.experiment import run_experiment
-from pipeline.paths import project_paths
 from pipeline.preprocess import preprocess_dataset
-from pipeline.records import MODEL_SHA_TAG
-from pipeline.tracking import tracking_uri, use_store
 from pipeline.train import train
+from pipeline.training.records import MODEL_SHA_TAG
+from pipeline.training.runner import run_experiment
 
 
 def client_for(cfg) -> MlflowClient:
@@ -90,7 +90,12 @@ def test_artifacts_and_logged_model(trained):
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "history.csv", "evaluation"} <= top
     evaluation = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-    assert evaluation == {"evaluation/metrics.json", "evaluation/confusion_matrix.png", "evaluation/misclassified.png"}
+    assert evaluation == {
+        "evaluation/metrics.json",
+        "evaluation/confusion_matrix.png",
+        "evaluation/misclassified.png",
+        "evaluation/test_correct.npz",
+    }, "the test images it got right: compare's paired test"
     use_store(tracking_uri(cfg))
     models = mlflow.search_logged_models(
         experiment_ids=[client.get_run(run_id).info.experiment_id], output_format="list"

@@ -4,8 +4,8 @@ A document marks each generated block with `<!-- generated: NAME -->` ...
 `<!-- end: NAME -->`; this module renders every block from the files the pipeline and
 the benchmark wrote, and replaces it.
 
-    python -m pipeline.readme          # rewrite the generated blocks of README.md
-    python -m pipeline.readme --check  # exit 1 if README.md is not what reports/ says
+    python -m pipeline.project.readme          # rewrite the generated blocks of README.md
+    python -m pipeline.project.readme --check  # exit 1 if README.md is not what reports/ says
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.paths import PACKAGE_CHECKOUT
+from pipeline.core.paths import PACKAGE_CHECKOUT, paths_at
 
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end: \2 -->)", re.DOTALL)
 
@@ -29,7 +29,7 @@ def _json(path: Path) -> dict:
 
 def reference_result(root: Path) -> str:
     """The reference experiment's test metrics (reports/metrics.json)."""
-    metrics = _json(root / "reports/metrics.json")
+    metrics = _json(paths_at(root).stage_outputs.metrics)
     return (
         "| test accuracy | test loss | test errors |\n|---|---|---|\n"
         f"| {metrics['test_accuracy']:.4f} | {metrics['test_loss']:.4f} | "
@@ -39,18 +39,19 @@ def reference_result(root: Path) -> str:
 
 def sweep_answer(root: Path) -> str:
     """The sweep's noise-aware answer and its cells table (reports/sweep/summary.json)."""
-    summary = _json(root / "reports/sweep/summary.json")
+    summary = _json(paths_at(root).sweep_report("summary.json"))
     cells = pd.DataFrame(summary["cells"])
-    tied = {t["cell"] for t in summary["tied_with"]}
+    verdicts = {c["cell"]: c["verdict"] for c in summary["comparisons"]}
     winner = summary["winner"]["cell"] if summary["winner"] else None
-    cells["verdict"] = [
-        "best mean" if c == winner else ("tied with the best" if c in tied else "worse") for c in cells["cell"]
-    ]
-    cells["95 % interval"] = [f"{lo:.4f}-{hi:.4f}" for lo, hi in cells["ci95"]]
-    table = cells[["optimizer", "batch_size", "n", "mean", "std", "95 % interval", "verdict"]]
+    cells["verdict"] = ["winner (chosen on validation)" if c == winner else verdicts.get(c, "") for c in cells["cell"]]
+    cells["95 % interval"] = ["-" if lo is None or lo != lo else f"{lo:.4f}-{hi:.4f}" for lo, hi in cells["ci95"]]
+    cells = cells.rename(columns={"mean": "test mean", "val_mean": "validation mean"})
+    table = cells[["cell", "n", "validation mean", "test mean", "std", "95 % interval", "verdict"]]
+    machine = summary["machine"]
     return (
         f"{summary['answer']}\n\n"
-        f"{summary['finished']} of {summary['runs']} runs finished ({summary['test']}).\n\n"
+        f"{summary['finished']} of {summary['runs']} runs finished ({summary['test']}); measured on "
+        f"{machine['cpu.model']}, {machine['cpu.count']} cores ({machine['cpu.vector_extensions']}).\n\n"
         + table.to_markdown(index=False, floatfmt=".4f")
         + "\n"
     )
@@ -58,13 +59,13 @@ def sweep_answer(root: Path) -> str:
 
 def sweep_pivot(root: Path) -> str:
     """Mean test accuracy by optimizer x batch size (reports/sweep/pivot.csv)."""
-    pivot = pd.read_csv(root / "reports/sweep/pivot.csv", index_col=0, dtype={"optimizer": str})
+    pivot = pd.read_csv(paths_at(root).sweep_report("pivot.csv"), index_col=0, dtype={"optimizer": str})
     return pivot.to_markdown(floatfmt=".4f") + "\n"
 
 
 def performance(root: Path) -> str:
     """The benchmark's ratios against the seed's script (reports/benchmark.json)."""
-    bench = _json(root / "reports/benchmark.json")
+    bench = _json(paths_at(root).benchmark)
     v, r, g, sweep = bench["variants"], bench["ratios"], bench["goals"], bench["sweep"]
     script = v["script"]
     rows = [
@@ -100,7 +101,7 @@ def performance(root: Path) -> str:
 
 def benchmark_detail(root: Path) -> str:
     """benchmarks/README.md: every number of the latest benchmark run, with the CPU it ran on."""
-    bench = _json(root / "reports/benchmark.json")
+    bench = _json(paths_at(root).benchmark)
     text = performance(root)
     vmap = bench.get("vmap")
     if vmap:
@@ -118,7 +119,7 @@ def benchmark_detail(root: Path) -> str:
 
 def tuned_comparison(root: Path) -> str:
     """Default vs tuned learning rates, per cell (reports/tuned/comparison.json, `python -m pipeline.tune`)."""
-    data = _json(root / "reports/tuned/comparison.json")
+    data = _json(paths_at(root).tuned("comparison.json"))
     rows = []
     for name, cell in sorted(data["cells"].items(), key=lambda kv: -kv[1].get("tuned", {}).get("mean", 0)):
         default, tuned, chosen = cell.get("default"), cell.get("tuned"), cell.get("chosen", {})
@@ -164,14 +165,17 @@ DOCUMENTS = ("README.md", "benchmarks/README.md")
 
 
 def main() -> None:
-    """`python -m pipeline.readme [--check]`."""
+    """`python -m pipeline.project.readme [--check]`."""
     for name in DOCUMENTS:
         document = PACKAGE_CHECKOUT / name
         text = document.read_text()
         fresh = render(text)
         if "--check" in sys.argv[1:]:
             if fresh != text:
-                print(f"{name}'s generated tables differ from reports/: run python -m pipeline.readme", file=sys.stderr)
+                print(
+                    f"{name}'s generated tables differ from reports/: run python -m pipeline.project.readme",
+                    file=sys.stderr,
+                )
                 sys.exit(1)
             continue
         document.write_text(fresh)

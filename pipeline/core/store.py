@@ -28,25 +28,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.errors import PipelineError
-from pipeline.paths import find_project_root, project_paths
+from pipeline.core import env
+from pipeline.core.errors import PipelineError, RunStopped, Terminated, raise_terminated
+from pipeline.core.paths import find_project_root, project_paths
 
 log = logging.getLogger(__name__)
 
-# A sweep's parent run id reaches its jobs through this variable (not MLFLOW_RUN_ID,
-# which would make every job resume the parent instead of starting a child).
-PARENT_RUN_ENV = "MNIST_PIPELINE_PARENT_RUN_ID"
-SWEPT_KEYS_ENV = "MNIST_PIPELINE_SWEPT_KEYS"  # the keys a sweep varies, for its jobs' run names
 # Tag that makes the MLflow 3 UI open the experiment on its training-runs table.
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 SWEEP_ROLE_TAG = "mnist_pipeline.role"  # "sweep" on a sweep's parent run
 HOST_TAG, PID_TAG, PROCESS_START_TAG = "host", "process.pid", "process.start"
 # Config groups whose values are the run's hyperparameters.
 PARAM_GROUPS = ("model", "optimizer", "train", "split")
-
-
-class Terminated(BaseException):  # noqa: N818 - mirrors KeyboardInterrupt, not an error
-    """Raised in the main thread when the process receives SIGTERM."""
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -281,18 +274,13 @@ def cpu_tags() -> dict[str, str]:
 
 def dvc_tags() -> dict[str, str]:
     """The DVC experiment this run belongs to, when `dvc exp run` started it."""
-    tags = {}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
-    if os.environ.get("DVC_STAGE"):
-        tags["dvc.stage"] = os.environ["DVC_STAGE"]
-    from pipeline.app import DVC_OVERRIDES_ENV
-
-    if os.environ.get(DVC_OVERRIDES_ENV):
-        tags["dvc.params_overrides"] = os.environ[DVC_OVERRIDES_ENV]
-    return tags
+    names = {
+        "dvc.exp_name": env.DVC_EXP_NAME,
+        "dvc.baseline_rev": env.DVC_EXP_BASELINE_REV,
+        "dvc.stage": env.DVC_STAGE,
+        "dvc.params_overrides": env.DVC_OVERRIDES,
+    }
+    return {tag: os.environ[name] for tag, name in names.items() if os.environ.get(name)}
 
 
 def child_runs(client: Any, parent: Any) -> list[Any]:
@@ -303,11 +291,6 @@ def child_runs(client: Any, parent: Any) -> list[Any]:
         order_by=["attributes.start_time ASC"],
         max_results=50000,
     )
-
-
-def raise_terminated(signum, frame) -> None:
-    """Signal handler: turn SIGTERM into `Terminated`, so `finally` blocks and atexit run."""
-    raise Terminated(f"received signal {signum}")
 
 
 @contextlib.contextmanager
@@ -356,10 +339,7 @@ def tracked_run(
         tag_failure(run.info.run_id, f"interrupted: {type(err).__name__} {err}".strip())
         raise
     except Exception as err:
-        from pipeline.search import Pruned
-
-        pruned = isinstance(err, Pruned)
-        status = RunStatus.to_string(RunStatus.KILLED if pruned else RunStatus.FAILED)
+        status = RunStatus.to_string(RunStatus.KILLED if isinstance(err, RunStopped) else RunStatus.FAILED)
         tag_failure(run.info.run_id, str(err) or type(err).__name__)
         raise
     except BaseException as err:

@@ -1,15 +1,19 @@
-"""`hydra/sweeper=optuna`: a small Optuna (>= 4) search as a Hydra sweeper.
+"""Optuna searches (`hydra/sweeper=optuna`): the search itself, and each trial's side of it.
 
-`hydra-optuna-sweeper` 1.3.0 pins optuna < 3 and does not install with Python 3.11 and
-our pins, so this is the documented Hydra extension point, kept small: it reads the
-search space from `hydra.sweeper.params` in Hydra's own sweep grammar
-(`choice(a,b)`, `interval(lo,hi)`, `tag(log, interval(lo,hi))`, `range(a,b)`, or a
-fixed value), asks Optuna for `n_trials` trials, `n_jobs` at a time, launches each as a
-job through the configured launcher, and tells Optuna the job's return value (the
-validation accuracy; maximised). Jobs report per-epoch validation accuracy to their
-trial and stop when the pruner calls them hopeless (`pipeline.search`). The study lives
-in `<mlruns_dir>/optuna.db` beside the MLflow store, so the same command resumes it.
+`hydra-optuna-sweeper` 1.3.0 pins optuna < 3 and does not install with Python 3.11 and our
+pins, so the search is this small module behind the documented Hydra extension point
+(`hydra_plugins/mnist_pipeline/sweepers.py`). It reads the search space from
+`hydra.sweeper.params` in Hydra's sweep grammar (`choice(a,b)`, `interval(lo,hi)`,
+`tag(log, interval(lo,hi))`, `range(a,b)`, or a fixed value), asks Optuna for `n_trials`
+trials, `n_jobs` at a time, launches each as a job through the configured launcher and
+tells Optuna the job's return value (the validation accuracy; maximised). A job finds its
+trial by the sweep and job number recorded on it, reports its validation accuracy after
+every epoch, and stops when the pruner calls it hopeless: its run ends KILLED, the trial
+PRUNED. The study lives in `<mlruns_dir>/optuna.db` beside the MLflow store, so the
+same command resumes it.
 """
+
+from __future__ import annotations
 
 import logging
 import math
@@ -17,21 +21,34 @@ import os
 import uuid
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from pipeline.core import env
+from pipeline.core.errors import RunStopped
+from pipeline.core.paths import project_paths
 
 log = logging.getLogger(__name__)
 
-# Trial user attributes through which a job finds its trial (pipeline/search.py).
+OPTUNA_SWEEPER = "OptunaSweeper"
+# Trial user attributes through which a job finds its trial.
 SWEEP_ATTR, JOB_ATTR, PRUNED_ATTR = "sweep_id", "hydra_job_num", "pruned_at_epoch"
 
 
-def distribution(override: Override) -> Any:
+class Pruned(RunStopped):
+    """The search's pruner stopped this trial (its run ends KILLED)."""
+
+
+def study_storage(cfg: DictConfig) -> str:
+    """Where studies live: `<mlruns_dir>/optuna.db`, beside the MLflow store (so a search resumes)."""
+    db = project_paths(cfg).optuna_db
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def distribution(override: Any) -> Any:
     """The Optuna distribution of one search-space entry, or None for a fixed value."""
     import optuna.distributions as d
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
     value = override.value()
     if isinstance(value, ChoiceSweep):
@@ -49,11 +66,14 @@ def distribution(override: Override) -> Any:
     return None
 
 
-class OptunaSweeper(Sweeper):
+class OptunaSearch:
     """Optuna TPE search with median pruning, one Hydra job per trial."""
 
     def __init__(
         self,
+        hydra_context: Any,
+        task_function: Any,
+        config: DictConfig,
         params: dict[str, str] | None = None,
         n_trials: int = 20,
         n_jobs: int = 1,
@@ -63,17 +83,12 @@ class OptunaSweeper(Sweeper):
         n_startup_trials: int = 4,
         n_warmup_steps: int = 1,
     ) -> None:
+        from hydra.core.plugins import Plugins
+
         self.params = dict(params or {})
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
         self.study_name, self.storage, self.seed = study_name, storage, seed
         self.n_startup_trials, self.n_warmup_steps = n_startup_trials, n_warmup_steps
-        self.config: DictConfig | None = None
-        self.launcher = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
-
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
@@ -81,8 +96,6 @@ class OptunaSweeper(Sweeper):
 
     def study(self) -> Any:
         import optuna
-
-        from pipeline.search import study_storage
 
         return optuna.create_study(
             study_name=self.study_name,
@@ -97,8 +110,7 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         import optuna
-
-        from pipeline.tracking import PARENT_RUN_ENV
+        from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space = [f"{key}={value}" for key, value in self.params.items()]
@@ -110,7 +122,7 @@ class OptunaSweeper(Sweeper):
             else:
                 searched[override.get_key_element()] = dist
         study = self.study()
-        sweep_id = os.environ.get(PARENT_RUN_ENV) or uuid.uuid4().hex
+        sweep_id = self.config.hydra.job.env_set.get(env.PARENT_RUN) or uuid.uuid4().hex
         log.info("Optuna study %s: %d trial(s) over %s", self.study_name, self.n_trials, ", ".join(searched))
         returns, job_index = [], 0
         while job_index < self.n_trials:
@@ -144,3 +156,55 @@ class OptunaSweeper(Sweeper):
             study.tell(trial, float(value))
         else:
             study.tell(trial, state=TrialState.FAIL)
+
+
+def job_trial(hydra_cfg: DictConfig, cfg: DictConfig) -> Any | None:
+    """This job's Optuna trial, when an Optuna sweeper launched it."""
+    sweeper = hydra_cfg.sweeper
+    if not str(sweeper.get("_target_", "")).endswith(OPTUNA_SWEEPER):
+        return None
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = sweeper.get("storage") or study_storage(cfg)
+    study = optuna.load_study(study_name=sweeper.study_name, storage=storage)
+    sweep_id, num = os.environ.get(env.PARENT_RUN), int(hydra_cfg.job.num)
+    for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+        if trial.user_attrs.get(JOB_ATTR) == num and (sweep_id is None or trial.user_attrs.get(SWEEP_ATTR) == sweep_id):
+            return optuna.trial.Trial(study, trial._trial_id)
+    return None
+
+
+class TrialReporter:
+    """Per-epoch validation accuracy to the trial; raises `Pruned` when the pruner says stop."""
+
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
+
+    def __call__(self, row: dict[str, float]) -> None:
+        epoch = int(row["epoch"])
+        self.trial.report(row["val_accuracy"], epoch)
+        if self.trial.should_prune():
+            self.trial.set_user_attr(PRUNED_ATTR, epoch)
+            raise Pruned(
+                f"pruned at epoch {epoch}: validation accuracy {row['val_accuracy']:.4f} is below the median of "
+                "earlier trials at this epoch (Optuna MedianPruner)"
+            )
+
+
+def importances(study_name: str, storage: str, sweep_id: str) -> dict[str, float]:
+    """Parameter importance (fANOVA) over the finished trials of one sweep; empty if too few."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get(SWEEP_ATTR) == sweep_id]
+    if len(trials) < 2:
+        return {}
+    subset = optuna.create_study(direction="maximize")
+    subset.add_trials(trials)
+    try:
+        return optuna.importance.get_param_importances(subset)
+    except (RuntimeError, ValueError) as err:  # e.g. every trial with the same parameters
+        log.warning("No parameter importance for this search: %s", err)
+        return {}

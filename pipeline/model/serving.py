@@ -17,7 +17,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 SIDE = 28  # MNIST images are 28 x 28 ...
 BOX = 20  # ... with the digit scaled to fit 20 x 20 and centred by its centre of mass
@@ -81,7 +81,7 @@ with warnings.catch_warnings():
         """The Keras model behind a pyfunc that takes images or flat rows."""
 
         def load_context(self, context: Any) -> None:
-            from pipeline.model import load_model
+            from pipeline.model.networks import load_model
 
             self.model = load_model(context.artifacts["keras_model"])
 

@@ -1,16 +1,15 @@
-"""The Hydra entry point every stage shares: one config, one Keras backend, one way to fail.
+"""The Hydra entry point every command shares: one config, one Keras backend, one way to fail.
 
-`stage_main(run)` turns a stage function `run(cfg)` into `main()` for
-`python -m pipeline.<stage> [overrides]`:
+`stage_main(run)` turns a function `run(cfg)` into `main()` for `python -m pipeline.<command>`:
 
 - run by DVC (`DVC_STAGE` is set), the overrides that reproduce `params.yaml` are added
-  to the command line first (`pipeline.params`), so the stage runs what DVC records;
+  to the command line first (`pipeline.core.dvcparams`), so the stage runs what DVC records;
 - the composed config gets the names of the chosen optimizer and model files, is
-  checked against the schema (`pipeline.schema`), and picks the Keras backend;
+  checked against the schema (`pipeline.core.config`), and picks the Keras backend;
 - a `PipelineError` (bad input) ends in one logged line and exit status 1, any other
   error in one line too unless `HYDRA_FULL_ERROR=1` asks for the traceback; Ctrl-C
-  ends with one line and status 130. In a multirun a failed job is recorded by the
-  job itself and the sweep goes on.
+  (status 130) and SIGTERM (143) end with one line, every run closed KILLED. In a
+  multirun a failed job is recorded by the job itself and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -18,22 +17,26 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from pipeline.errors import PipelineError
-from pipeline.paths import CONFIG_DIR, find_project_root
-from pipeline.schema import backend_name, check_config
+from pipeline.core.config import backend_name, check_config
+from pipeline.core.env import DVC_OVERRIDES, DVC_STAGE
+from pipeline.core.errors import PipelineError, Terminated, raise_terminated
+from pipeline.core.paths import CONFIG_DIR, find_project_root
 
 log = logging.getLogger(__name__)
 
 # Config groups whose chosen file name becomes the `name` of the node (`optimizer.name`).
 NAMED_GROUPS = ("optimizer", "model")
-# The overrides a DVC-run stage added from params.yaml (logged, and tagged on MLflow runs).
-DVC_OVERRIDES_ENV = "MNIST_PIPELINE_DVC_OVERRIDES"
+STOPPED = {
+    KeyboardInterrupt: (130, "Interrupted (Ctrl-C)"),
+    Terminated: (143, "Terminated (SIGTERM)"),
+}
 
 
 def prepare_config(cfg: DictConfig, choices: Mapping[str, Any]) -> DictConfig:
@@ -63,33 +66,36 @@ def select_backend(backend: str) -> None:
 
 
 def dvc_overrides() -> list[str]:
-    """When DVC runs this stage: the overrides that compose conf/ into params.yaml."""
-    if not os.environ.get("DVC_STAGE") or DVC_OVERRIDES_ENV in os.environ:
+    """When DVC runs this stage: the overrides that compose conf/ into params.yaml (a sweep's own keys aside)."""
+    if not os.environ.get(DVC_STAGE) or DVC_OVERRIDES in os.environ:
         return []
-    from pipeline.params import infer_overrides, read_params
+    from pipeline.core.dvcparams import infer_overrides, read_params
 
     params = read_params(find_project_root())
-    overrides = infer_overrides(params)
-    swept = _swept_keys(params) if "-m" in sys.argv or "--multirun" in sys.argv else set()
-    kept = [
-        o for o in overrides if not any(_override_key(o) == k or _override_key(o).startswith(f"{k}.") for k in swept)
-    ]
-    os.environ[DVC_OVERRIDES_ENV] = " ".join(kept)
+    swept = set((params.get("sweep") or {}).get("grid") or {}) if _multirun() else set()
+    kept = [o for o in infer_overrides(params) if not any(_key(o) == k or _key(o).startswith(f"{k}.") for k in swept)]
+    os.environ[DVC_OVERRIDES] = " ".join(kept)
     return kept
 
 
-def _override_key(override: str) -> str:
+def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
-def _swept_keys(params: dict) -> set[str]:
-    return set((params.get("sweep") or {}).get("grid") or {})
+def _multirun() -> bool:
+    return "-m" in sys.argv or "--multirun" in sys.argv
 
 
 def stage_main(
-    run: Callable[[DictConfig], Any], config_name: str = "config", config_dir: str = str(CONFIG_DIR)
+    run: Callable[[DictConfig], Any],
+    config_name: str = "config",
+    config_dir: str = str(CONFIG_DIR),
+    multirun: bool = False,
 ) -> Callable[[], Any]:
-    """`main()` for a stage: Hydra's app around `run(cfg)`, with the pipeline's error handling."""
+    """`main()` for a command: Hydra's app around `run(cfg)`, with the pipeline's error handling.
+
+    `multirun=True` makes the command a multirun whether or not `-m` is given (the sweep stage).
+    """
     import hydra
 
     def task(cfg: DictConfig) -> Any:
@@ -97,15 +103,15 @@ def stage_main(
         from hydra.types import RunMode
 
         hydra_cfg = HydraConfig.get()
-        if os.environ.get(DVC_OVERRIDES_ENV):
-            log.info("Run by DVC: settings from params.yaml (%s)", os.environ[DVC_OVERRIDES_ENV])
+        if os.environ.get(DVC_OVERRIDES):
+            log.info("Run by DVC: settings from params.yaml (%s)", os.environ[DVC_OVERRIDES])
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return run(cfg)  # a sweep job records its own failure and returns NaN
         try:
             if config_name == "config":
                 prepare_config(cfg, hydra_cfg.runtime.choices)
             else:
-                from pipeline.schema import PredictConfig, check_unknown_keys
+                from pipeline.core.config import PredictConfig, check_unknown_keys
 
                 check_unknown_keys(cfg, PredictConfig)
             return run(cfg)
@@ -126,16 +132,19 @@ def stage_main(
     @functools.wraps(run)
     def main() -> Any:
         status: int | str | None = 0
+        signal.signal(signal.SIGTERM, raise_terminated)
         try:
+            if multirun and not _multirun():
+                sys.argv.insert(1, "-m")
             sys.argv += dvc_overrides()
             app()
         except PipelineError as err:
             logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
             log.error("%s", err)
             status = 1
-        except KeyboardInterrupt:
-            print("Interrupted (Ctrl-C); every MLflow run this command started ended KILLED.", file=sys.stderr)
-            status = 130
+        except (KeyboardInterrupt, Terminated) as stop:
+            status, what = STOPPED[type(stop)]
+            print(f"{what}; every MLflow run this command started ended KILLED.", file=sys.stderr)
         except SystemExit as stop:
             status = stop.code
         exit_now(status)

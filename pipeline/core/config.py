@@ -19,7 +19,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 FULL_BATCH = "full"
 
@@ -66,13 +66,6 @@ class SplitConfig:
 
 
 @dataclass
-class ModelConfig:
-    name: str | None = None  # null: the name of the chosen conf/model/ file
-    hidden_units: list[int] = field(default_factory=lambda: [512])
-    activation: str = "relu"
-
-
-@dataclass
 class DivergenceConfig:
     # An epoch has diverged when its training loss is not finite, or when its training
     # accuracy is within `chance_margin` of chance (1 / classes) while its loss exceeds
@@ -108,6 +101,7 @@ class TrackingConfig:
     log_model: bool = True
     server_timeout_s: float = 10.0
     registered_model: str = "mnist"  # compare registers each finished sweep's best model here
+    ui_port: int = 5000  # `python -m pipeline.ui` serves the MLflow UI of the local store here
 
 
 @dataclass
@@ -120,8 +114,9 @@ class SweepConfig:
 
 @dataclass
 class CompareConfig:
-    parent_run_id: str | None = None
+    parent_run_id: str | None = None  # the sweep to compare (default: see pipeline/compare.py)
     alpha: float = 0.05
+    register: bool = True  # register the winner as the `champion` (only a replicated winner, n >= 2)
 
 
 @dataclass
@@ -131,8 +126,8 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: dict[str, Any] = field(default_factory=dict)  # `_target_` + its arguments
+    model: dict[str, Any] = field(default_factory=dict)  # `_target_` (a builder function) + its arguments
+    optimizer: dict[str, Any] = field(default_factory=dict)  # `_target_` (a Keras optimizer class) + its arguments
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -242,9 +237,7 @@ def check_config(cfg: DictConfig) -> None:
     if not train.divergence.loss_factor > 1:
         raise _bad("train.divergence.loss_factor", train.divergence.loss_factor, "a number > 1", "2.0")
     check_optimizer(cfg.optimizer)
-    units = cfg.model.hidden_units
-    if not units or not all(u > 0 for u in units):
-        raise _bad("model.hidden_units", list(units), "a non-empty list of positive integers (layer sizes)", "[512]")
+    check_model(cfg.model)
     check_val_fraction(cfg.split.val_fraction)
     if not 0 <= cfg.split.seed < 2**32:
         raise _bad("split.seed", cfg.split.seed, "an integer in [0, 2**32)", "42")
@@ -266,6 +259,16 @@ def check_optimizer(optimizer: DictConfig) -> None:
     momentum = optimizer.get("momentum")
     if momentum is not None and not (_is_number(momentum) and 0 <= momentum < 1):
         raise _bad("optimizer.momentum", momentum, "a number in [0, 1)", "0.9")
+
+
+def check_model(model: DictConfig) -> None:
+    """`_target_` names a builder function; layer sizes, where given, are positive."""
+    target = model.get("_target_")
+    if not isinstance(target, str) or "." not in target:
+        raise _bad("model._target_", target, "the dotted path of a model builder", "pipeline.model.networks.mlp")
+    units = model.get("hidden_units")
+    if units is not None and not (units and all(_is_int(u) and u > 0 for u in units)):
+        raise _bad("model.hidden_units", list(units), "a non-empty list of positive integers (layer sizes)", "[512]")
 
 
 def backend_name(cfg: DictConfig) -> str:

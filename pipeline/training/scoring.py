@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
-from pipeline.data import Split
+from pipeline.core.files import atomic_path
+from pipeline.data.splits import Split
 
 EPSILON = 1e-7  # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy
 

@@ -10,23 +10,22 @@ gives `params.yaml` key for key, and the stage runs with them as if they were ty
 its command line. So `dvc exp run -S optimizer=adam` runs `python -m pipeline.train
 optimizer=adam`, and what DVC records is what ran.
 
-`python -m pipeline.params` (the `compose` stage, first in `dvc.yaml`) rewrites
-`params.yaml` from `conf/` when a config file changed under `dvc repro`; inside a DVC
-experiment DVC has just composed it, so it leaves it alone.
+Why not just read `params.yaml`: a stage needs Hydra's group choices as well (an
+optimizer's name is its file's name), and running with the inferred overrides makes
+`dvc exp run -S optimizer=adam` and `python -m pipeline.train optimizer=adam` one and
+the same run, recorded with the overrides that made it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.errors import PipelineError
-from pipeline.paths import CONFIG_DIR, PARAMS_FILE, find_project_root
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import CONFIG_DIR, PARAMS_FILE, find_project_root
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def infer_overrides(params: dict, config_dir: Path = CONFIG_DIR) -> list[str]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import pipeline.schema  # noqa: F401 - registers the schema in Hydra's ConfigStore
+    import pipeline.core.config  # noqa: F401 - registers the schema in Hydra's ConfigStore
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -119,14 +118,14 @@ def infer_overrides(params: dict, config_dir: Path = CONFIG_DIR) -> list[str]:
         except Exception as err:  # noqa: BLE001 - reported with the file and the overrides tried
             raise PipelineError(
                 f"{PARAMS_FILE} cannot be composed from conf/ (tried overrides {overrides}): {err}. "
-                f"Recompose it from conf/ with: python -m pipeline.params"
+                f"Recompose it from conf/ with: python -m pipeline.compose"
             ) from err
     GlobalHydra.instance().clear()
     if final != params:
         diff = sorted(k for k, v in _leaves(params).items() if _leaves(final).get(k) != v)
         raise PipelineError(
             f"{PARAMS_FILE} cannot be composed from conf/: {', '.join(diff[:5])} differ. "
-            "Recompose it from conf/ with: python -m pipeline.params"
+            "Recompose it from conf/ with: python -m pipeline.compose"
         )
     return overrides
 
@@ -137,13 +136,13 @@ def read_params(root: Path | None = None) -> dict:
     try:
         return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as err:
-        raise PipelineError(f"{path} is missing: compose it from conf/ with: python -m pipeline.params") from err
+        raise PipelineError(f"{path} is missing: compose it from conf/ with: python -m pipeline.compose") from err
     except yaml.YAMLError as err:
-        raise PipelineError(f"{path} is not valid YAML ({err}); recompose it: python -m pipeline.params") from err
+        raise PipelineError(f"{path} is not valid YAML ({err}); recompose it: python -m pipeline.compose") from err
 
 
-def compose_params_file(root: Path | None = None) -> bool:
-    """Write `params.yaml` as DVC composes it from `conf/`; return whether it changed."""
+def compose_params_file(root: Path | None = None, write: bool = True) -> bool:
+    """Write `params.yaml` as DVC composes it from `conf/` (unless not `write`); return whether it differs."""
     import tempfile
 
     from dvc.utils.hydra import compose_and_dump
@@ -161,25 +160,9 @@ def compose_params_file(root: Path | None = None) -> bool:
     GlobalHydra.instance().clear()
     if target.is_file() and target.read_text() == text:
         return False
-    from pipeline.atomic import write_text
+    if not write:
+        return True
+    from pipeline.core.files import write_text
 
     write_text(target, text)
     return True
-
-
-def main() -> None:
-    """Entry point of the `compose` stage: `python -m pipeline.params`."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if os.environ.get("DVC_EXP_NAME"):
-        log.info("DVC experiment %s: DVC composed %s from conf/ itself", os.environ["DVC_EXP_NAME"], PARAMS_FILE)
-        return
-    try:
-        changed = compose_params_file()
-    except PipelineError as err:
-        log.error("%s", err)
-        sys.exit(1)
-    log.info("%s %s from conf/", PARAMS_FILE, "recomposed" if changed else "already matches")
-
-
-if __name__ == "__main__":
-    main()

@@ -37,7 +37,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 def check_writable(folders: list[Path]) -> None:
     """Fail now, naming the folder, if an output folder cannot be written (not after training)."""
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
 
     for folder in folders:
         # Probe the folder, or the nearest existing folder above it: nothing is created.
@@ -57,13 +57,17 @@ def check_writable(folders: list[Path]) -> None:
             ) from err
 
 
-def write_together(writers: dict[Path, Callable[[Path], None]]) -> None:
+def write_together(
+    writers: dict[Path, Callable[[Path], None]],
+    before_replace: Callable[[dict[Path, Path]], None] | None = None,
+) -> None:
     """Write several files as one unit: all of them are replaced, or none is.
 
     Each writer fills a temporary file beside its target; only when every writer has
-    succeeded are the files renamed into place, each old file first moved aside so
-    that a rename that fails puts every file back as it was. If any step fails, no
-    target changes and the temporary files are removed. A folder that cannot be
+    succeeded (and `before_replace`, given {target: written file}, has returned: e.g. the
+    record of these files in MLflow) are the files renamed into place, each old file first
+    moved aside so that a rename that fails puts every file back as it was. If any step
+    fails, no target changes and the temporary files are removed. A folder that cannot be
     written is named in the error.
     """
     staged: list[tuple[Path, Path]] = []
@@ -74,7 +78,7 @@ def write_together(writers: dict[Path, Callable[[Path], None]]) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
             except OSError as err:
-                from pipeline.errors import PipelineError
+                from pipeline.core.errors import PipelineError
 
                 raise PipelineError(
                     f"Cannot write {target} ({err.strerror or err}): make {target.parent} writable "
@@ -89,6 +93,8 @@ def write_together(writers: dict[Path, Callable[[Path], None]]) -> None:
         os.umask(umask)
         for tmp, _ in staged:
             tmp.chmod(0o666 & ~umask)
+        if before_replace:
+            before_replace({target: tmp for tmp, target in staged})
         _replace_all(staged)
     finally:
         for tmp, _ in staged:
@@ -149,6 +155,17 @@ def write_npz(target: str | os.PathLike[str], arrays: dict[str, Any]) -> None:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+@contextlib.contextmanager
+def named_copies(files: dict[str, Path]) -> Iterator[Path]:
+    """A temporary folder holding each file under its name (to record staged files under their final names)."""
+    import shutil
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, path in files.items():
+            shutil.copyfile(path, Path(folder) / name)
+        yield Path(folder)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

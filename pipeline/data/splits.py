@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.errors import PipelineError
-from pipeline.paths import project_paths
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import project_paths
 
 # Batch size for validation and test passes: no gradient step, so only speed depends on it.
 INFERENCE_BATCH_SIZE = 1000

@@ -1,8 +1,9 @@
-"""The network and its optimizer, built from config."""
+"""The networks (builder functions that conf/model/ names) and the optimizer, built from config; Keras files."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import zipfile
 from pathlib import Path
@@ -11,30 +12,75 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
-def build_model(cfg: DictConfig, input_dim: int = 784, num_classes: int = 10) -> Any:
-    """The MLP of `cfg.model`: Dense(units, activation) per hidden layer, then softmax.
+def mlp(
+    *, image_shape: list[int], num_classes: int, seed: int, name: str = "mlp", hidden_units=(512,), activation="relu"
+):
+    """A dense network on the flat pixels: Dense(units, activation) per hidden layer, then softmax."""
+    import keras
 
-    Keras' default initialisers (Glorot uniform kernels, zero biases), each seeded from
-    `train.seed`, so the same seed gives the same initial weights on every backend run.
-    """
+    inputs = keras.Input(shape=(math.prod(image_shape),), name="pixels")
+    x = inputs
+    for i, units in enumerate(hidden_units):
+        x = _dense(int(units), activation, f"hidden_{i}", seed + i)(x)
+    outputs = _dense(num_classes, "softmax", "probabilities", seed + len(hidden_units))(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def cnn(
+    *, image_shape: list[int], num_classes: int, seed: int, name: str = "cnn", filters=(32, 64), kernel_size=3,
+    activation="relu", dropout=0.5,
+):  # fmt: skip
+    """A small convolutional network: the flat pixels as an image, conv + max-pool blocks, dropout, softmax."""
     import keras
     from keras import layers
 
-    seed = int(cfg.train.seed) * 100
-
-    def dense(units: int, activation: str, name: str, i: int) -> Any:
+    inputs = keras.Input(shape=(math.prod(image_shape),), name="pixels")
+    x = layers.Reshape((*image_shape, 1))(inputs)
+    for i, count in enumerate(filters):
         init = keras.initializers.GlorotUniform(seed=seed + i)
-        return layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
+        x = layers.Conv2D(int(count), int(kernel_size), activation=activation, kernel_initializer=init)(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Dropout(float(dropout), seed=seed + len(filters))(layers.Flatten()(x))
+    outputs = _dense(num_classes, "softmax", "probabilities", seed + len(filters) + 1)(x)
+    return keras.Model(inputs, outputs, name=name)
 
-    inputs = keras.Input(shape=(input_dim,), name="pixels")
-    x = inputs
-    for i, units in enumerate(cfg.model.hidden_units):
-        x = dense(int(units), cfg.model.activation, f"hidden_{i}", i)(x)
-    outputs = dense(num_classes, "softmax", "probabilities", len(cfg.model.hidden_units))(x)
-    return keras.Model(inputs, outputs, name=str(cfg.model.get("name") or "mlp"))
+
+def _dense(units: int, activation: str, name: str, seed: int):
+    import keras
+
+    init = keras.initializers.GlorotUniform(seed=seed)
+    return keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
+
+
+def build_model(cfg: DictConfig, input_dim: int = 784, num_classes: int = 10) -> Any:
+    """The network of `cfg.model`: its builder (`_target_`) called with its arguments and the data's shape.
+
+    Every builder also gets `image_shape`, `num_classes`, `name` and a `seed` from
+    `train.seed` for its initialisers, so the same seed gives the same initial weights.
+    """
+    image_shape = list(cfg.dataset.image_shape)
+    if math.prod(image_shape) != input_dim:
+        raise PipelineError(
+            f"dataset.image_shape={image_shape} does not hold the data's {input_dim} features per image"
+        )
+    args = {"name": "model", **OmegaConf.to_container(cfg.model, resolve=True)}
+    try:
+        return instantiate(args, image_shape=image_shape, num_classes=num_classes, seed=int(cfg.train.seed) * 100)
+    except Exception as err:  # noqa: BLE001 - an unknown builder, argument or layer setting in the model file
+        cause = err.__cause__ or err
+        raise PipelineError(
+            f"model={cfg.model.get('name')} ({cfg.model._target_}) cannot be built: {cause}. A model file holds "
+            "`_target_` (a builder function) and its arguments: fix the value named above, e.g. model.activation=relu."
+        ) from err
+
+
+def check_buildable(cfg: DictConfig) -> None:
+    """Build the optimizer and the network once, so a bad setting fails before any data or run."""
+    build_optimizer(cfg)
+    build_model(cfg, math.prod(cfg.dataset.image_shape), int(cfg.dataset.num_classes))
 
 
 def effective_learning_rate(cfg: DictConfig, batch_samples: int | None = None) -> float:

@@ -27,16 +27,16 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.data import INFERENCE_BATCH_SIZE, Split
-from pipeline.errors import PipelineError
-from pipeline.schema import backend_name, resolve_batch_size
+from pipeline.core.config import backend_name, resolve_batch_size
+from pipeline.core.env import THREADS
+from pipeline.core.errors import PipelineError
+from pipeline.data.splits import INFERENCE_BATCH_SIZE, Split
 
 log = logging.getLogger(__name__)
 
 # Columns of the per-epoch history that depend on the data and seed only (DVC plots);
 # timings go to MLflow, never into a DVC output.
 CURVE_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
-THREADS_ENV = "MNIST_PIPELINE_THREADS"  # set per sweep job so parallel jobs share the cores
 
 EpochCallback = Callable[[dict[str, float]], None]
 
@@ -88,7 +88,7 @@ def keras_verbosity(setting: Any) -> int:
 
 def thread_count(cfg: DictConfig) -> int | None:
     """Intra-op threads asked for: `train.threads`, else a sweep job's share, else None (all)."""
-    threads = cfg.train.get("threads") or os.environ.get(THREADS_ENV)
+    threads = cfg.train.get("threads") or os.environ.get(THREADS)
     return int(threads) if threads else None
 
 
@@ -146,7 +146,7 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
     import keras
     import tensorflow as tf
 
-    from pipeline.model import build_model, build_optimizer
+    from pipeline.model.networks import build_model, build_optimizer
 
     if threads:
         try:
@@ -190,7 +190,7 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
 
 
 def _fit_jax(cfg, train, val, batch_size, threads, end_epoch):
-    from pipeline.model import build_model, build_optimizer
+    from pipeline.model.networks import build_model, build_optimizer
 
     limit_threads(threads)
     use_compilation_cache(cfg.train.get("compilation_cache"))

@@ -28,9 +28,9 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from pipeline.atomic import sha256_file
-from pipeline.errors import PipelineError
-from pipeline.paths import resolve_path
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import sha256_file
+from pipeline.core.paths import resolve_path
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,183 @@
+"""A sweep's runs as tables: what compare reads from MLflow, aggregates per cell and writes down.
+
+Committed reports name runs by name (unique within a sweep), never by MLflow id: ids
+exist only in the store that ran them, so they go to the parent run's artifacts instead.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.analysis.stats import NOT_SHOWN, NOT_TESTABLE, Cell, batch_order
+from pipeline.core.errors import PipelineError
+
+RUN_COLUMNS = [
+    "run_name",
+    "cell",
+    "optimizer",
+    "batch_size",
+    "seed",
+    "learning_rate",
+    "final_val_accuracy",
+    "best_val_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "status",
+    "failure_reason",
+]
+CURVE_METRICS = ("val_loss", "val_accuracy", "epoch_seconds")
+CORRECT_ARTIFACT = "evaluation/test_correct.npz"  # which test images a run got right (packed bits)
+
+
+def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sweep's child runs as a table (one row per run), and their per-epoch curves (long format)."""
+    from pipeline.core.store import child_runs
+
+    runs = child_runs(client, parent)
+    if not runs:
+        raise PipelineError(f"Sweep {parent.info.run_name} ({parent.info.run_id}) has no child runs to compare.")
+    rows, curves = [], []
+    for run in runs:
+        params, metrics = run.data.params, run.data.metrics
+        row = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "optimizer": params.get("optimizer.name"),
+            "batch_size": params.get("train.batch_size"),
+            "seed": params.get("train.seed"),
+            "learning_rate": pd.to_numeric(
+                params.get("optimizer.effective_learning_rate", params.get("optimizer.learning_rate")), errors="coerce"
+            ),
+            "test_accuracy": metrics.get("test_accuracy", np.nan),
+            "test_loss": metrics.get("test_loss", np.nan),
+            "train_seconds": metrics.get("train_seconds", np.nan),
+            "status": run.info.status,
+            "failure_reason": run.data.tags.get("failure_reason", ""),
+        }
+        row["cell"] = run.data.tags.get("sweep.cell") or f"{row['optimizer']}-bs{row['batch_size']}"
+        history = {
+            name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)} for name in CURVE_METRICS
+        }
+        for epoch in sorted(history["val_accuracy"]):
+            point = {name: values.get(epoch, np.nan) for name, values in history.items()}
+            keys = ("run_id", "run_name", "cell", "optimizer", "batch_size", "seed")
+            curves.append({k: row[k] for k in keys} | point | {"epoch": epoch})
+        accuracies = history["val_accuracy"]
+        row["final_val_accuracy"] = accuracies[max(accuracies)] if accuracies else np.nan
+        row["best_val_accuracy"] = max(accuracies.values()) if accuracies else np.nan
+        row["epoch_seconds"] = float(np.median(list(history["epoch_seconds"].values()) or [np.nan]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table = table.sort_values(["test_accuracy", "run_name"], ascending=[False, True], na_position="last")
+    columns = ["run_id", "run_name", "cell", "optimizer", "batch_size", "seed", "epoch", "val_loss", "val_accuracy"]
+    return table.reset_index(drop=True), pd.DataFrame(curves, columns=[*columns, "epoch_seconds"])
+
+
+def load_correctness(client: Any, table: pd.DataFrame, folder: Path) -> dict[str, np.ndarray]:
+    """Per finished run, which test images it classified correctly (runs without the record are left out)."""
+    correct = {}
+    for row in table[table["status"] == "FINISHED"].itertuples():
+        try:
+            path = client.download_artifacts(row.run_id, CORRECT_ARTIFACT, str(folder))
+            packed = np.load(path, allow_pickle=False)
+        except Exception:  # noqa: BLE001 - an older run, or tracking without artifacts: no paired test for it
+            continue
+        correct[row.run_id] = np.unpackbits(packed["bits"], count=int(packed["count"])).astype(bool)
+    return correct
+
+
+def row_label(cell: str, batch_size: str) -> str:
+    """A cell's row in the optimizer x batch-size grid: its name without the batch size (`sgd-lr0.1`)."""
+    return re.sub(rf"-bs{re.escape(str(batch_size))}(?=-|$)", "", cell, count=1)
+
+
+def cells_frame(cells: list[Cell], comparisons: list[dict]) -> pd.DataFrame:
+    """One row per cell: n, test mean, std, interval, validation mean, the verdict and the corrected p-values."""
+    by_cell = {c["cell"]: c for c in comparisons}
+    rows = []
+    for i, c in enumerate(cells):
+        compared = by_cell.get(c.cell, {})
+        rows.append(
+            {
+                "cell": c.cell,
+                "optimizer": c.optimizer,
+                "batch_size": c.batch_size,
+                "n": c.n,
+                "mean": c.mean,
+                "std": c.std,
+                "ci95_low": c.ci95[0],
+                "ci95_high": c.ci95[1],
+                "val_mean": c.val_mean,
+                "verdict": "winner (chosen on validation)" if i == 0 else compared.get("verdict", NOT_TESTABLE),
+                "p_welch_holm": compared.get("p_welch_holm"),
+                "p_paired_holm": compared.get("p_paired_holm"),
+            }
+        )
+    return pd.DataFrame(rows, columns=["cell", "optimizer", "batch_size", "n", "mean", "std", "ci95_low", "ci95_high",
+                                       "val_mean", "verdict", "p_welch_holm", "p_paired_holm"])  # fmt: skip
+
+
+def pivot(cells: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
+    """`value` by optimizer (rows; plus any other swept setting) x batch size (columns)."""
+    rows = [row_label(c, b) for c, b in zip(cells["cell"], cells["batch_size"], strict=True)]
+    index = "optimizer" if rows == list(cells["optimizer"]) else "setting"
+    table = cells.assign(**{index: rows}).pivot_table(
+        index=index, columns="batch_size", values=value, aggfunc="first", dropna=False
+    )
+    return table.reindex(columns=sorted(table.columns, key=batch_order))
+
+
+def answer(cells: list[Cell], comparisons: list[dict], alpha: float, paired: bool) -> str:
+    """The sweep's answer in a few sentences, worded by what the tests can tell apart."""
+    if not cells:
+        return "No run finished: there is no winner."
+    best = cells[0]
+    low, high = best.ci95
+    interval = f"95 % interval {low:.4f}-{high:.4f}" if best.n > 1 else "one run: no interval"
+    text = (
+        f"Chosen on validation: {best.cell} (mean validation accuracy {best.val_mean:.4f}, {best.n} seed(s)); "
+        f"its mean test accuracy is {best.mean:.4f} ({interval})."
+    )
+    tests = "Welch's t-test over seeds" + (" and a paired t-test over the test images" if paired else "")
+    groups: dict[str, list[str]] = {}
+    for c in comparisons:
+        groups.setdefault(c["verdict"], []).append(c["cell"])
+    wording = {NOT_SHOWN: "Not shown to differ from it on test", "worse": "Worse on test", "better": "Better on test"}
+    for verdict, words in wording.items():
+        if groups.get(verdict):
+            text += f" {words}: {', '.join(groups[verdict])}."
+    if groups.get(NOT_TESTABLE):
+        text += f" Not testable (fewer than 2 runs): {', '.join(groups[NOT_TESTABLE])}."
+    return text + f" ({tests}, Holm-corrected over {len(comparisons)} comparisons, alpha {alpha:g}.)"
+
+
+def cell_curves(curves: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, min and max of each finished cell's validation curves per epoch."""
+    finished = set(table.loc[table["status"] == "FINISHED", "run_id"])
+    done = curves[curves["run_id"].isin(finished)]
+    grouped = done.groupby(["cell", "optimizer", "batch_size", "epoch"])[["val_loss", "val_accuracy"]]
+    stats = grouped.agg(["mean", "min", "max"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    return stats.reset_index()
+
+
+def markdown(table: pd.DataFrame, cells: pd.DataFrame, text: str) -> str:
+    """The answer, the cells table and the run table as Markdown."""
+    shown = cells.assign(interval=[_interval(lo, hi) for lo, hi in zip(cells.ci95_low, cells.ci95_high, strict=True)])
+    columns = ["cell", "n", "mean", "std", "interval", "val_mean", "verdict"]
+    return (
+        f"{text}\n\nTest accuracy per cell over seeds (the winner chosen on validation accuracy, `val_mean`):\n\n"
+        + shown[columns].to_markdown(index=False, floatfmt=".4f")
+        + "\n\nEvery run:\n\n"
+        + table[RUN_COLUMNS].to_markdown(index=False, floatfmt=".4f")
+        + "\n"
+    )
+
+
+def _interval(low: float, high: float) -> str:
+    return "-" if pd.isna(low) else f"{low:.4f}-{high:.4f}"

@@ -1,0 +1,4 @@
+"""Foundations: errors, config schema, paths, files, environment variables, the MLflow store, the entry point.
+
+Imports nothing of `pipeline` outside `pipeline.core`; everything else may import it.
+"""

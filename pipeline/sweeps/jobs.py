@@ -1,0 +1,104 @@
+"""One job of a sweep: one cell of the grid (or one trial of a search), replicated over seeds.
+
+A cell is every setting the sweep varies except the seed: its name is built from them
+(`adam-bs32`, `sgd-bs128-lr0.1`), every run of the cell carries it as the tag
+`sweep.cell`, and compare groups runs by it. Each seed (`train.seed`, `train.seed + 1`,
+...) is a child run of the sweep's parent run named `<cell>-s<seed>`; a search trial is
+one run named `t<trial>-<cell>`. The job returns the cell's mean final validation
+accuracy, the number a sweeper optimises (never a test metric). Its files go to its own
+Hydra job folder; a failed seed is recorded as FAILED and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from pipeline.core import env
+from pipeline.core.app import prepare_config
+from pipeline.core.errors import RunStopped, Terminated
+from pipeline.core.paths import Paths
+from pipeline.training.records import run_name
+from pipeline.training.runner import run_experiment
+
+log = logging.getLogger(__name__)
+
+CELL_TAG = "sweep.cell"
+# How a swept key shows in a cell's name (group choices show as their value alone).
+SHORT_NAMES = {
+    "train.batch_size": "bs",
+    "train.seed": "s",
+    "optimizer.learning_rate": "lr",
+    "train.lr_factor": "lrx",
+    "train.epochs": "ep",
+    "model": "",
+    "dataset": "",
+}
+NAMED_IN_RUN_NAME = ("optimizer", "train.batch_size", "train.seed")
+
+
+def cell_name(cfg: DictConfig, overrides: list[str], swept: set[str]) -> str:
+    """The cell's name from the settings the sweep varies (the seed aside): `adam-bs32-lr0.01`."""
+    parts = [run_name(cfg)]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in swept and key not in NAMED_IN_RUN_NAME:
+            parts.append(f"{SHORT_NAMES.get(key, key.rsplit('.', 1)[-1])}{_short(value)}")
+    return "-".join(parts)
+
+
+def _short(value: str) -> str:
+    """A sampled float in 4 significant digits (`0.000201`), anything else as written."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() or len(value) <= 8 else f"{number:.4g}"
+
+
+def run_sweep_job(cfg: DictConfig) -> float:
+    """One job of a multirun: one cell, `sweep.seeds` child runs; returns the mean validation accuracy."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipeline.sweeps.search import TrialReporter, job_trial
+
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    swept = set(filter(None, os.environ.get(env.SWEPT_KEYS, "").split(",")))
+    parent = os.environ.get(env.PARENT_RUN)
+    trial = job_trial(hydra_cfg, cfg)
+    # A search trial is one run (one seed); a grid cell is replicated over `sweep.seeds`.
+    seeds = 1 if trial is not None else int(cfg.sweep.seeds)
+    replicated = seeds > 1 or "train.seed" in swept
+    reporter = TrialReporter(trial) if trial is not None else None
+    accuracies = []
+    for offset in range(seeds):
+        seed_cfg = copy.deepcopy(cfg)
+        with open_dict(seed_cfg):
+            seed_cfg.train.seed = int(cfg.train.seed) + offset
+        try:
+            prepare_config(seed_cfg, hydra_cfg.runtime.choices)
+            cell = cell_name(seed_cfg, overrides, swept)
+            name = f"t{hydra_cfg.job.num}-{cell}" if trial is not None else cell
+            name += f"-s{seed_cfg.train.seed}" if replicated else ""
+            outputs = Paths.job_outputs(job_dir, int(seed_cfg.train.seed) if seeds > 1 else None)
+            result = run_experiment(seed_cfg, outputs, parent, name, reporter, tags={CELL_TAG: cell})
+            accuracies.append(result["val_accuracy"])
+        except (KeyboardInterrupt, SystemExit, Terminated):
+            raise
+        except RunStopped as err:
+            log.info("Trial %s: %s", hydra_cfg.job.num, err)
+        except Exception as err:  # noqa: BLE001 - recorded as a FAILED run; the sweep goes on
+            log.error("Sweep job %s failed (%s: %s); continuing", " ".join(overrides), type(err).__name__, err)
+        finally:
+            if str(seed_cfg.train.backend).endswith("tensorflow"):
+                import keras
+
+                keras.backend.clear_session()  # the next TensorFlow job starts from a clean graph
+    return sum(accuracies) / len(accuracies) if accuracies else math.nan

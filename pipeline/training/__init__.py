@@ -1,0 +1,4 @@
+"""The runner: the training loop, scoring, what a run records in MLflow, one train + evaluate.
+
+Imports `pipeline.core`, `pipeline.data` and `pipeline.model`; never sweeps, analysis or a command.
+"""

@@ -1,0 +1,173 @@
+"""The runner: one training and one evaluation of a workload, measured and recorded.
+
+Shared by the train and evaluate stages, `pipeline.experiment` and every sweep job
+(train and evaluate in one process and one MLflow run). Imports data, model, training
+and core pieces; never a sweep, analysis or command module.
+
+Outputs are committed as units: the model and its curves together, the metrics and
+their plots together; the MLflow run is told the model's sha256 only after the model
+file is in place, and evaluation logs into the run that recorded that sha256, so a
+model and the run that describes it can never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from pipeline.core.config import backend_name
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import check_writable, named_copies, sha256_file, write_json, write_together
+from pipeline.core.paths import RunOutputs, project_paths
+from pipeline.core.store import tracked_run
+from pipeline.data.splits import Split, load_split
+from pipeline.training.loop import TrainResult, fit, history_csv
+from pipeline.training.records import MODEL_SHA_TAG, EpochLogger, dataset_input, log_model, log_run_context, run_name
+from pipeline.training.scoring import confusion_matrix, measure, plot_confusion_matrix, plot_misclassified
+
+log = logging.getLogger(__name__)
+
+
+def train_run(
+    cfg: DictConfig,
+    train: Split,
+    val: Split,
+    outputs: RunOutputs,
+    run_id: str | None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fit on `train`, then write the model and curves as one unit and record them in `run_id`.
+
+    `on_epoch` (a search's trial reporter) sees each epoch after MLflow has it.
+    """
+    from pipeline.model.networks import save_model
+
+    check_writable([outputs.model.parent, outputs.history.parent])
+    if run_id:
+        log_run_context(cfg, run_id, {"train": train, "val": val})
+    logger = EpochLogger(cfg, run_id)
+
+    def end_epoch(row: dict[str, float]) -> None:
+        logger(row)
+        if on_epoch:
+            on_epoch(row)
+
+    result = fit(cfg, train, val, end_epoch)
+
+    def record(staged: dict) -> None:  # the run records these very files before they replace the old ones
+        if not run_id:
+            return
+        import mlflow
+
+        tags = {MODEL_SHA_TAG: sha256_file(staged[outputs.model]), "train.batch_samples": str(result.batch_size)}
+        mlflow.set_tags({**tags, "threads": str(result.threads)})
+        mlflow.log_metrics({"train_seconds": result.train_seconds}, run_id=run_id)
+        with named_copies({"history.csv": staged[outputs.history], "model.keras": staged[outputs.model]}) as folder:
+            mlflow.log_artifact(str(folder / "history.csv"), run_id=run_id)
+            if cfg.tracking.log_model:
+                log_model(folder / "model.keras", backend_name(cfg))
+
+    write_together(
+        {
+            outputs.model: lambda tmp: save_model(result.model, tmp),
+            outputs.history: lambda tmp: tmp.write_text(history_csv(result.history)),
+        },
+        before_replace=record,
+    )
+    return result
+
+
+def evaluate_run(model: Any, test: Split, outputs: RunOutputs, run_id: str | None, dataset: str) -> dict[str, Any]:
+    """Score `model` on `test`; write the metrics and plots as one unit, recorded in `run_id` first."""
+    check_writable([outputs.metrics.parent])
+    metrics, true, predicted = measure(model, test)
+    k = test.y.shape[1]
+    files = {outputs.metrics: "metrics.json", outputs.confusion_matrix: "confusion_matrix.png"}
+    files[outputs.misclassified] = "misclassified.png"
+
+    def record(staged: dict) -> None:
+        if not run_id:
+            return
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=run_id)
+        mlflow.log_input(dataset_input(test, f"{dataset}-test"), context="testing")
+        with named_copies({name: staged[target] for target, name in files.items()}) as folder:
+            # which test images this model got right: compare's paired test over images
+            np.savez(folder / "test_correct.npz", bits=np.packbits(true == predicted), count=len(true))
+            mlflow.log_artifacts(str(folder), artifact_path="evaluation", run_id=run_id)
+
+    write_together(
+        {
+            outputs.metrics: lambda tmp: write_json(tmp, metrics),
+            outputs.confusion_matrix: lambda tmp: plot_confusion_matrix(confusion_matrix(true, predicted, k), tmp),
+            outputs.misclassified: lambda tmp: plot_misclassified(test, true, predicted, tmp),
+        },
+        before_replace=record,
+    )
+    log.info("Test accuracy %.4f, test loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
+    return metrics
+
+
+def run_of_model(cfg: DictConfig, model_sha256: str) -> str:
+    """The finished MLflow run that trained the model file with this sha256 (newest if several)."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.core.store import setup_tracking, tracking_uri
+
+    experiment_id = setup_tracking(cfg)
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MODEL_SHA_TAG}` = '{model_sha256}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise PipelineError(
+            f"No finished training run in {tracking_uri(cfg)} recorded this model (sha256 {model_sha256[:12]}): "
+            "it was not trained into this store, or its training run failed. Retrain it "
+            "(dvc repro train, or python -m pipeline.train), or point tracking at the store that trained it."
+        )
+    return runs[0].info.run_id
+
+
+def run_experiment(
+    cfg: DictConfig,
+    outputs: RunOutputs | None = None,
+    parent_run_id: str | None = None,
+    name: str | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate under one MLflow run; return the test metrics, the run id and the curves.
+
+    Alone, bad data or a bad setting fail before a run is created; as a sweep's child
+    (`parent_run_id`), every failure is recorded in the job's own FAILED run.
+    """
+    from pipeline.model.networks import check_buildable
+
+    outputs = outputs or project_paths(cfg).stage_outputs
+    if parent_run_id is None:
+        check_buildable(cfg)
+        load_splits(cfg)
+        check_writable([outputs.model.parent, outputs.history.parent, outputs.metrics.parent])
+    with tracked_run(cfg, run_name=name or run_name(cfg), parent_run_id=parent_run_id) as run:
+        run_id = run.info.run_id if run else None
+        if run_id and tags:
+            import mlflow
+
+            mlflow.set_tags(tags)
+        check_buildable(cfg)
+        train, val, test = load_splits(cfg)
+        result = train_run(cfg, train, val, outputs, run_id, on_epoch)
+        metrics = evaluate_run(result.model, test, outputs, run_id, str(cfg.dataset.name))
+    return {**metrics, "run_id": run_id, "val_accuracy": result.history[-1]["val_accuracy"], "history": result.history}
+
+
+def load_splits(cfg: DictConfig) -> tuple[Split, Split, Split]:
+    """The train, validation and test splits (each read once per process)."""
+    return tuple(load_split(cfg, split) for split in ("train", "val", "test"))
