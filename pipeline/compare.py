@@ -1,7 +1,7 @@
 """Compare stage: summarise one finished sweep, noise-aware, into tables, plots and the champion.
 
 Which sweep: `compare.parent_run_id=<id>` names one; run by DVC (the compare stage) it is
-the sweep stage's (`<mlruns_dir>/sweeps/stage.json`); by hand, the sweep started last in
+the sweep stage's (`<mlruns_dir>/sweeps/sweep.json`); by hand, the sweep started last in
 this project. A sweep that did not finish is refused: no winner from a partial sweep.
 It writes `<reports_dir>/sweep/` as one unit (all files new, or all as they were):
 
@@ -35,7 +35,7 @@ from pipeline.core.env import DVC_STAGE
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import write_json, write_text, write_together
 from pipeline.core.paths import SWEEP_REPORTS, project_paths
-from pipeline.core.store import setup_tracking, tracking_uri
+from pipeline.core.store import latest_sweep, setup_tracking, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +53,14 @@ def sweep_to_compare(cfg: DictConfig) -> str:
         if not record.is_file():
             raise PipelineError(f"No sweep record at {record}: {how}.")
     else:
-        folder = paths.sweep_record.parent
-        records = [p for p in folder.glob("*.json") if p != paths.sweep_record] if folder.is_dir() else []
-        if not records:
-            raise PipelineError(f"No sweep record at {folder}/<parent run id>.json or {paths.sweep_record}: {how}.")
-        record = max(records, key=lambda p: (_read(p).get("started", ""), p.stat().st_mtime))
+        latest = latest_sweep(paths)
+        if latest is None:
+            raise PipelineError(f"No sweep record at {paths.sweep_records}/<parent run id>.json: {how}.")
+        return str(latest["parent_run_id"])
     try:
-        return str(_read(record)["parent_run_id"])
-    except (ValueError, KeyError) as err:
+        return str(json.loads(record.read_text())["parent_run_id"])
+    except (OSError, ValueError, KeyError) as err:
         raise PipelineError(f"{record} is not a sweep record ({err}): rerun the sweep (dvc repro sweep).") from err
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def finished_parent(client: Any, parent_run_id: str, uri: str) -> Any:

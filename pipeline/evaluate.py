@@ -15,7 +15,7 @@ from pipeline.core.app import stage_main
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import check_writable, sha256_file
 from pipeline.core.paths import project_paths
-from pipeline.core.store import tracked_run
+from pipeline.core.store import record_stage, tracked_run
 from pipeline.data.splits import load_split
 from pipeline.training.runner import evaluate_run, run_of_model
 
@@ -38,7 +38,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - a damaged or foreign file
         raise PipelineError(f"{outputs.model} cannot be loaded as a Keras model ({err}); retrain it.") from err
     with tracked_run(cfg, run_id=run_id) as run:
-        return evaluate_run(model, test, outputs, run.info.run_id if run else None, str(cfg.dataset.name))
+        metrics = evaluate_run(model, test, outputs, run.info.run_id if run else None, str(cfg.dataset.name))
+    if run:
+        record_stage(cfg, "evaluate", {"run_id": run.info.run_id, "test_accuracy": metrics["test_accuracy"]})
+    return metrics
 
 
 main = stage_main(evaluate)  # python -m pipeline.evaluate [overrides]

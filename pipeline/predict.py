@@ -49,17 +49,22 @@ def image_files(target: Path) -> list[Path]:
 def default_model(cfg: DictConfig) -> str:
     """The registry's champion if there is one, else the trained model file."""
     if cfg.tracking.enabled:
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        from pipeline.core.store import setup_tracking
+        from pipeline.core.store import setup_tracking, tracking_uri
 
         setup_tracking(cfg)
         name = cfg.tracking.registered_model
         try:
             MlflowClient().get_model_version_by_alias(name, "champion")
             return f"models:/{name}@champion"
-        except Exception:  # noqa: BLE001 - no registered model or no alias yet: fall back
+        except MlflowException as err:
+            if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise _unreadable_registry(tracking_uri(cfg), err) from err
             log.info("No champion of registered model %r in the store: using the trained model file", name)
+        except Exception as err:  # noqa: BLE001 - the store did not answer: never guess another model
+            raise _unreadable_registry(tracking_uri(cfg), err) from err
     model = project_paths(cfg).stage_outputs.model
     if not model.is_file():
         raise PipelineError(
@@ -67,6 +72,14 @@ def default_model(cfg: DictConfig) -> str:
             "or give model=<MLflow model URI or .keras file>."
         )
     return str(model)
+
+
+def _unreadable_registry(uri: str, err: Exception) -> PipelineError:
+    return PipelineError(
+        f"The model registry of {uri} cannot be read ({type(err).__name__}: {str(err)[:200]}), so the champion is "
+        "unknown: predict will not guess another model. Fix the store, or name one: model=<MLflow model URI or "
+        ".keras file>."
+    )
 
 
 def load(uri: str) -> Any:
@@ -107,9 +120,8 @@ def predict(cfg: DictConfig) -> list[tuple[str, int, float]]:
     files = image_files(resolve_path(cfg.input))
     rows = np.stack([to_mnist(path, str(cfg.invert)) for path in files])
     uri = cfg.model or default_model(cfg)
-    if cfg.model is None:
-        log.info("Model: %s", uri)
-    elif cfg.tracking.enabled and "://" not in uri and uri.startswith(("models:", "runs:")):
+    log.info("Model: %s", uri)
+    if cfg.model is not None and cfg.tracking.enabled and "://" not in uri and uri.startswith(("models:", "runs:")):
         from pipeline.core.store import setup_tracking
 
         setup_tracking(cfg)

@@ -2,7 +2,7 @@
 
 Writes `<models_dir>/model.keras` and `<reports_dir>/history.csv` (per-epoch curves) as
 one unit, and one MLflow run that records the model's sha256, by which the evaluate
-stage finds the run to continue.
+stage finds the run to continue (run by DVC, also the stage's record of that run).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from pipeline.core.app import stage_main
-from pipeline.core.files import check_writable
+from pipeline.core.files import check_writable, sha256_file
 from pipeline.core.paths import project_paths
-from pipeline.core.store import tracked_run
+from pipeline.core.store import record_stage, tracked_run
 from pipeline.data.splits import load_split
 from pipeline.model.networks import check_buildable
 from pipeline.training.loop import TrainResult
@@ -28,7 +28,10 @@ def train(cfg: DictConfig) -> TrainResult:
     check_buildable(cfg)
     check_writable([outputs.model.parent, outputs.history.parent])
     with tracked_run(cfg, run_name=run_name(cfg)) as run:
-        return train_run(cfg, *splits, outputs, run.info.run_id if run else None)
+        result = train_run(cfg, *splits, outputs, run.info.run_id if run else None)
+    if run:
+        record_stage(cfg, "train", {"run_id": run.info.run_id, "model_sha256": sha256_file(outputs.model)})
+    return result
 
 
 main = stage_main(train)  # python -m pipeline.train [overrides]

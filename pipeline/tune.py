@@ -6,10 +6,12 @@ Optimizer benchmarks (DeepOBS; Choi et al. 2019) tune the learning rate, a nuisa
 hyperparameter, for every optimizer and batch size before comparing them:
 
 1. search: `sweep=lr_search`, every cell at `train.lr_factor` 0.3, 1 and 3 (a log grid
-   around each optimizer's default rate), one seed, into `reports/tuned/search/`;
+   around each optimizer's default rate), one seed, compared into `reports/tuned/search/`
+   (a search phase never moves the champion);
 2. choose: per cell, the factor with the best final validation accuracy (never test);
 3. final: every cell at its chosen factor, `sweep.seeds` seeds, one sweep compared as
    usual into `reports/tuned/final/` (its own parent run and champion candidate).
+Each phase's compare names exactly the sweep that phase ran.
 
 Writes `reports/tuned/choice.json` (the chosen factor and learning rate per cell) and
 `reports/tuned/comparison.json` (default vs tuned mean test accuracy per cell), which
@@ -18,21 +20,22 @@ the README shows. Each phase is an ordinary multirun; `overrides` go to both.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 from omegaconf import DictConfig
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import write_json
-from pipeline.core.paths import PACKAGE_CHECKOUT, project_paths
+from pipeline.core.paths import PACKAGE_CHECKOUT, Paths, project_paths
 
 log = logging.getLogger(__name__)
 
-SEARCH, FINAL = "tuned/search", "tuned/final"
+SEARCH, FINAL = "search", "final"
 
 
 def run(args: list[str]) -> None:
@@ -62,17 +65,16 @@ def base_config(overrides: list[str]) -> DictConfig:
         return compose("config", overrides=single_valued(overrides))
 
 
-def choose(cfg: DictConfig, reports: Path) -> dict[str, dict]:
-    """Per cell, the learning-rate factor whose run had the best final validation accuracy."""
+def choose(cfg: DictConfig, parent_run_id: str) -> dict[str, dict]:
+    """Per optimizer x batch size, the learning-rate factor whose run had the best final validation accuracy."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.core.store import child_runs, setup_tracking
 
     setup_tracking(cfg)
     client = MlflowClient()
-    record = json.loads((reports / SEARCH / "sweep" / "sweep.json").read_text())
     best: dict[str, dict] = {}
-    for run in child_runs(client, client.get_run(record["parent_run_id"])):
+    for run in child_runs(client, client.get_run(parent_run_id)):
         if run.info.status != "FINISHED":
             continue
         params = run.data.params
@@ -86,19 +88,24 @@ def choose(cfg: DictConfig, reports: Path) -> dict[str, dict]:
                 "lr_factor": float(params["train.lr_factor"]),
                 "learning_rate": float(params["optimizer.effective_learning_rate"]),
                 "val_accuracy": accuracy,
-                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
             }
     if not best:
         raise PipelineError("The learning-rate search finished no run: nothing to choose from.")
     return dict(sorted(best.items()))
 
 
-def compare_views(reports: Path) -> dict:
+def phase_paths(paths: Paths, phase: str) -> Paths:
+    """The paths of one phase: its sweep's reports under `<reports_dir>/tuned/<phase>/`."""
+    return dataclasses.replace(paths, reports_dir=paths.tuned(phase))
+
+
+def compare_views(paths: Paths) -> dict:
     """Default vs tuned, per cell: mean test accuracy, interval, the chosen learning rate."""
-    default_file = reports / "sweep" / "summary.json"  # the default sweep (dvc repro), if it ran
+    default_file = paths.sweep_report("summary.json")  # the default sweep (dvc repro), if it ran
     default = json.loads(default_file.read_text()) if default_file.is_file() else None
-    tuned = json.loads((reports / FINAL / "sweep" / "summary.json").read_text())
-    choice = json.loads((reports / "tuned" / "choice.json").read_text())
+    tuned = json.loads(phase_paths(paths, FINAL).sweep_report("summary.json").read_text())
+    choice = json.loads(paths.tuned("choice.json").read_text())
     cells = {}
     for view, summary in (("default", default), ("tuned", tuned)):
         if summary is None:
@@ -117,32 +124,42 @@ def compare_views(reports: Path) -> dict:
     return {"default": verdict(default), "tuned": verdict(tuned), "cells": cells}
 
 
+def sweep_and_compare(paths: Paths, phase: str, preset: str, overrides: list[str], register: bool) -> str:
+    """One phase: its sweep, then compare on exactly that sweep, into `<reports_dir>/tuned/<phase>/`; its parent id."""
+    from pipeline.core.store import latest_sweep
+
+    relative = os.path.relpath(paths.tuned(phase), paths.root)  # no machine path in the records
+    reports = f"paths.reports_dir={relative}"
+    run(["pipeline.experiment", "-m", f"sweep={preset}", reports, *overrides])
+    record = latest_sweep(paths, preset)
+    if record is None:
+        raise PipelineError(f"The {phase} sweep left no record in {paths.sweep_records}")
+    parent = f"compare.parent_run_id={record['parent_run_id']}"
+    run(["pipeline.compare", reports, parent, f"compare.register={str(register).lower()}", *single_valued(overrides)])
+    return str(record["parent_run_id"])
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = sys.argv[1:]
     try:
         cfg = base_config(overrides)
-        reports = project_paths(cfg).reports_dir
-        # relative to the project, as configured: no machine's path in the records
-        configured = Path(cfg.paths.reports_dir)
-        search, final = f"paths.reports_dir={configured / SEARCH}", f"paths.reports_dir={configured / FINAL}"
-        run(["pipeline.experiment", "-m", "sweep=lr_search", search, *overrides])
-        run(["pipeline.compare", search, *single_valued(overrides)])
-        choice = choose(cfg, reports)
-        write_json(reports / "tuned" / "choice.json", choice)
+        paths = project_paths(cfg)
+        search = sweep_and_compare(paths, SEARCH, "lr_search", overrides, register=False)  # no champion from it
+        choice = choose(cfg, search)
+        write_json(paths.tuned("choice.json"), choice)
         jobs = [
             [f"optimizer={c['optimizer']}", f"train.batch_size={c['batch_size']}", f"train.lr_factor={c['lr_factor']}"]
             for c in choice.values()
         ]
-        write_json(reports / "tuned" / "jobs.json", jobs)
-        jobs_file = f"sweep.jobs_file={configured / 'tuned' / 'jobs.json'}"
-        run(["pipeline.experiment", "-m", "sweep=tuned", jobs_file, final, *overrides])
-        run(["pipeline.compare", final, *single_valued(overrides)])
-        write_json(reports / "tuned" / "comparison.json", compare_views(reports))
+        write_json(paths.tuned("jobs.json"), jobs)
+        jobs_file = f"sweep.jobs_file={os.path.relpath(paths.tuned('jobs.json'), paths.root)}"
+        sweep_and_compare(paths, FINAL, "tuned", [jobs_file, *overrides], register=True)
+        write_json(paths.tuned("comparison.json"), compare_views(paths))
     except PipelineError as err:
         log.error("%s", err)
         sys.exit(1)
-    log.info("Wrote %s", reports / "tuned" / "comparison.json")
+    log.info("Wrote %s", paths.tuned("comparison.json"))
 
 
 if __name__ == "__main__":

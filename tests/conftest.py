@@ -214,6 +214,6 @@ def mlflow_service(command: str, *args: str, log: Path | None = None, port: int 
 
 def sweep_record(root: Path) -> dict:
     """The record of the sweep started last in the project under `root` (`<mlruns>/sweeps/<parent id>.json`)."""
-    records = [p for p in (root / "mlruns" / "sweeps").glob("*.json") if p.name != "stage.json"]
+    records = list((root / "mlruns" / "sweeps").glob("*.json"))
     assert records, f"no sweep record under {root / 'mlruns' / 'sweeps'}"
     return max((json.loads(p.read_text()) for p in records), key=lambda r: r["started"])

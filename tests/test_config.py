@@ -143,7 +143,7 @@ def test_stage_paths_resolve_against_root(compose_cfg, tmp_path, monkeypatch):
     paths = project_paths(compose_cfg())
     assert paths.raw_dir == tmp_path / "project" / "data" / "raw"
     assert paths.raw_data == tmp_path / "project" / "data" / "raw" / "mnist.npz"
-    assert paths.sweep_record == tmp_path / "project" / "mlruns" / "sweeps" / "stage.json"
+    assert paths.sweep_record == tmp_path / "project" / "mlruns" / "stages" / "sweep.json"
 
 
 def test_store_stays_in_the_real_project_inside_a_dvc_experiment_folder(tmp_path, monkeypatch):

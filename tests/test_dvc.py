@@ -24,6 +24,44 @@ from pipeline.core.paths import PACKAGE_CHECKOUT
 pytestmark = pytest.mark.slow
 
 STAGES = ("compose", "download", "preprocess", "train", "evaluate", "sweep", "compare")
+EVERY_STAGE = set(STAGES)
+TRAINED = {"train", "evaluate", "sweep"}
+# What an edit of each module must make stale: an independent statement of what each stage runs,
+# held against dvc.yaml (derived from the imports) by `dvc status` after a real edit. Longest prefix wins.
+EXPECTED_STALE = {
+    "hydra_plugins/": EVERY_STAGE,  # Hydra imports the plugin package whenever it starts
+    "pipeline/__init__.py": EVERY_STAGE,
+    "pipeline/core/": EVERY_STAGE,  # the foundations
+    "pipeline/core/app.py": EVERY_STAGE - {"compose"},  # the entry point of every stage but DVC's composition
+    "pipeline/core/store.py": TRAINED | {"compare"},  # the MLflow store
+    "pipeline/compose.py": {"compose"},
+    "pipeline/download.py": {"download"},
+    "pipeline/preprocess.py": {"preprocess"},
+    "pipeline/train.py": {"train"},
+    "pipeline/evaluate.py": {"evaluate"},
+    "pipeline/sweep.py": {"sweep"},
+    "pipeline/compare.py": {"compare"},
+    "pipeline/experiment.py": set(),  # commands outside the DAG
+    "pipeline/predict.py": set(),
+    "pipeline/tune.py": set(),
+    "pipeline/records.py": set(),
+    "pipeline/ui.py": set(),
+    "pipeline/project/": set(),  # development commands
+    "pipeline/data/": {"download", "preprocess"} | TRAINED,
+    "pipeline/data/sources.py": {"download", "preprocess"},  # mirrors and raw formats
+    "pipeline/data/splits.py": {"preprocess"} | TRAINED,  # features and processed splits
+    "pipeline/model/": TRAINED,
+    "pipeline/training/": TRAINED,  # the training loop, the runner and what a run records
+    "pipeline/sweeps/": {"sweep"},
+    "pipeline/sweeps/__init__.py": {"sweep", "compare"},
+    "pipeline/sweeps/search.py": {"sweep", "compare"},  # compare reads a search's parameter importance
+    "pipeline/analysis/": {"compare"},  # statistics, tables, plots, the champion
+}
+
+
+def expected_stale(relative: str) -> set[str]:
+    prefix = max((p for p in EXPECTED_STALE if relative.startswith(p)), key=len)
+    return EXPECTED_STALE[prefix]
 
 
 def sh(*cmd: str, cwd: Path, env: dict, ok: bool = True) -> subprocess.CompletedProcess:
@@ -164,6 +202,37 @@ def test_dvc_repro_runs_all_stages_then_nothing(repo, tmp_path):
     round_trip_through_remote(repo, env, tmp_path / "dvc-remote")
 
 
+def test_a_fresh_clone_runs_the_sweep_into_its_own_store(repo, tmp_path):
+    """README command 1 on a fresh clone: the published repository has no store; the clone's dvc repro makes one."""
+    publisher, env = repo
+    sh("dvc", "repro", cwd=publisher, env=env)
+    sh("git", "add", "-A", cwd=publisher, env=env)
+    sh("git", "commit", "-qm", "published results", cwd=publisher, env=env)
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(publisher), str(clone), cwd=tmp_path, env=env)
+    assert not (clone / "mlruns").exists(), "an empty store"
+
+    first = sh("dvc", "repro", cwd=clone, env=env).stdout
+    assert ran(first) == set(STAGES) - {"compose"}, "the sweep and compare run, not skip"
+    client = store(clone)
+    parents = [r for r in runs(clone) if r.data.tags.get("mnist_pipeline.role") == "sweep"]
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    children = [r for r in runs(clone) if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}, "2 cells x 2 seeds"
+    champion = client.get_model_version_by_alias("mnist", "champion")
+    assert champion.tags["sweep.parent_run_id"] == parents[0].info.run_id
+    summary = json.loads((clone / "reports/sweep/summary.json").read_text())
+    assert summary["sweep"] == parents[0].info.run_name, "compare compared the clone's own sweep"
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone, env=env).stdout
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=clone, env=env).stdout
+
+    shutil.rmtree(clone / "mlruns")  # the store is gone: so is the sweep's record beside it
+    again = sh("dvc", "repro", cwd=clone, env=env).stdout
+    assert {"sweep", "compare"} <= ran(again), again
+    assert len([r for r in runs(clone) if r.data.tags.get("mnist_pipeline.role") == "sweep"]) == 1
+    assert int(store(clone).get_model_version_by_alias("mnist", "champion").version) == 1
+
+
 def test_every_edit_reruns_exactly_what_it_can_change(repo):
     repo, env = repo
     profile = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
@@ -181,22 +250,42 @@ def test_every_edit_reruns_exactly_what_it_can_change(repo):
         missing = {module_path(m, repo) for m in modules} - set(dvc_yaml["stages"][stage]["deps"])
         assert not missing, f"{stage} imports {missing} but does not depend on them"
 
-    # Identical runs give identical outputs: forcing every stage again changes no hash.
+    # Identical runs give identical outputs: forcing every stage again changes no hash (but the
+    # stage records beside the store, which name the new MLflow runs).
+    def outputs(lock: dict, stage: str) -> list:
+        return [o for o in lock["stages"][stage]["outs"] if not o["path"].startswith("mlruns/")]
+
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     sh("dvc", "repro", "-f", "evaluate", cwd=repo, env=env)
     again = yaml.safe_load((repo / "dvc.lock").read_text())
     for stage in ("download", "preprocess", "train", "evaluate"):
-        assert again["stages"][stage]["outs"] == lock["stages"][stage]["outs"], stage
+        assert outputs(again, stage) == outputs(lock, stage), stage
 
-    # Editing a module marks stale exactly the stages that import it, for every module.
-    for path in sorted([*repo.glob("pipeline/*.py"), *repo.glob("hydra_plugins/**/*.py")]):
+    # Editing a module marks stale exactly the stages that import it, for every module, and those
+    # are the stages that run it: a stage depends on the code it runs and on nothing else.
+    for path in sorted([*repo.glob("pipeline/**/*.py"), *repo.glob("hydra_plugins/**/*.py")]):
         relative = str(path.relative_to(repo))
         original = path.read_text()
         path.write_text(original + "\n# edited\n")
-        expected = {name for name, stage in dvc_yaml["stages"].items() if relative in stage["deps"]}
-        assert stale(repo, env) == expected, relative
+        importers = {name for name, stage in dvc_yaml["stages"].items() if relative in stage["deps"]}
+        assert stale(repo, env) == importers == expected_stale(relative), relative
         path.write_text(original)
     assert stale(repo, env) == set()
+
+    # And `dvc repro` after an edit: the training loop reruns the trained stages and, through the
+    # sweep's new runs, compare; the statistics rerun compare alone; the download code reruns download
+    # alone, since its output's bytes stay the same.
+    for relative, rerun in [
+        ("pipeline/training/loop.py", TRAINED | {"compare"}),
+        ("pipeline/analysis/stats.py", {"compare"}),
+        ("pipeline/download.py", {"download"}),
+    ]:
+        path = repo / relative
+        original = path.read_text()
+        path.write_text(original + "\n# edited\n")
+        assert ran(sh("dvc", "repro", cwd=repo, env=env).stdout) == rerun, relative
+        path.write_text(original)
+        sh("dvc", "repro", cwd=repo, env=env)
 
     # Config edits (then dvc repro): exactly the stages whose inputs change rerun.
     def edit_then_repro(path: str, **values) -> set[str]:

@@ -1,7 +1,11 @@
 """The MLflow UI in a real browser: a sweep's parent and child runs in the runs table, their metrics as charts.
 
-Saves what it sees to reports/ui/mlflow_runs.png, reports/ui/mlflow_charts.png and, for the sweep's
-parameters against its test accuracy as parallel coordinates, reports/ui/mlflow_parallel.png.
+Saves what it sees as mlflow_runs.png, mlflow_charts.png and, for the sweep's parameters against
+its test accuracy as parallel coordinates, mlflow_parallel.png. By default on a tiny 2 x 2 sweep
+it makes itself; the README's pictures (reports/ui/) show the real default sweep:
+
+    dvc repro && MNIST_PIPELINE_UI_PROJECT=. MNIST_PIPELINE_SCREENSHOTS=reports/ui \
+        .venv/bin/python -m pytest tests/test_mlflow_browser.py
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-CHILDREN = ["sgd-bs16", "sgd-bs64", "adam-bs16", "adam-bs64"]
 TABLE_COLUMNS = ["optimizer.name", "train.batch_size", "val_loss", "test_accuracy"]
 HIDDEN_COLUMNS = ["Dataset", "Source", "Models"]
 LOSS_CHARTS = ["loss", "val_loss", "test_loss"]
@@ -46,6 +49,9 @@ PARALLEL_PARAMS = ["optimizer.name", "train.batch_size"]
 PARALLEL_METRIC = "test_accuracy"
 # Screenshots go to the test's own folder; MNIST_PIPELINE_SCREENSHOTS=reports/ui refreshes the README's.
 SCREENSHOTS_ENV = "MNIST_PIPELINE_SCREENSHOTS"
+# A project whose store holds a real sweep (after dvc repro), instead of the tiny one the test makes.
+PROJECT_ENV = "MNIST_PIPELINE_UI_PROJECT"
+SHOWN_CHILDREN = 4  # child runs checked by name in the table (all of a tiny sweep)
 FIRST_RENDER_MS = 90_000
 UI_TIMEOUT_MS = 30_000
 # The parallel-coordinates chart draws its lines on a canvas: count the lines crossing the column a quarter
@@ -78,12 +84,19 @@ def require_browser() -> None:
     pytest.skip(missing)
 
 
-def sweep_parent_name(cfg) -> str:
+def latest_sweep(cfg) -> tuple[str, list[str], list[float]]:
+    """The latest sweep's parent run name, its children's names and their test accuracies."""
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get(SWEEP_ROLE_TAG) == "sweep"]
-    return parent.info.run_name
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if r.data.tags.get(SWEEP_ROLE_TAG) == "sweep")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children.sort(key=lambda r: r.info.start_time)
+    return (
+        parent.info.run_name,
+        [r.info.run_name for r in children],
+        [r.data.metrics["test_accuracy"] for r in children],
+    )
 
 
 def experiment_id(base: str, name: str) -> str:
@@ -100,11 +113,11 @@ def open_runs_table(page: Page, base: str, exp_id: str, parent: str) -> None:
         assistant_close.click()
 
 
-def expand_parent(page: Page, parent: str) -> None:
+def expand_parent(page: Page, parent: str, children: list[str]) -> None:
     """Unfold the child runs: the only button in the parent's Run Name cell is its expander."""
     row = page.get_by_role("row").filter(has=page.get_by_role("link", name=parent, exact=True))
     row.locator('[col-id="attributes.`Run Name`"] button').click()
-    for name in CHILDREN:
+    for name in children[-SHOWN_CHILDREN:]:  # the newest child runs come first in the table
         expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
 
 
@@ -121,7 +134,7 @@ def choose_columns(page: Page) -> None:
     page.locator('.ag-header-cell[col-id="attributes.`Run Name`"] .ag-header-cell-resize').dblclick()
 
 
-def show_loss_charts(page: Page) -> None:
+def show_loss_charts(page: Page, children: list[str]) -> None:
     """Chart view filtered to the loss metrics: curves for loss/val_loss, bars for test_loss."""
     page.locator("label").filter(has=page.locator('input[name="runs-view-mode"][value="CHART"]')).click()
     expect(page.get_by_role("heading", name="loss", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
@@ -133,9 +146,12 @@ def show_loss_charts(page: Page) -> None:
     curves = cards.filter(has=page.get_by_role("heading", name="val_loss", exact=True))
     expect(curves.locator("path.js-line").first).to_be_visible(timeout=UI_TIMEOUT_MS)
     bars = cards.filter(has=page.get_by_role("heading", name="test_loss", exact=True))
-    expect(bars.locator(".barlayer .point")).to_have_count(len(CHILDREN), timeout=UI_TIMEOUT_MS)
-    for name in CHILDREN:
-        expect(bars.get_by_text(name, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    if len(children) <= SHOWN_CHILDREN:  # a tiny sweep: every run is a bar (the UI charts the first runs only)
+        expect(bars.locator(".barlayer .point")).to_have_count(len(children), timeout=UI_TIMEOUT_MS)
+        for name in children:
+            expect(bars.get_by_text(name, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    else:
+        expect(bars.locator(".barlayer .point").first).to_be_visible(timeout=UI_TIMEOUT_MS)
 
 
 def choose_options(page: Page, field: Locator, names: list[str]) -> None:
@@ -165,7 +181,7 @@ def expect_lines(page: Page, plot: Locator, count: int) -> None:
         pytest.fail(f"the parallel coordinates show {plot.evaluate(COUNT_LINES_JS)} lines, not {count}")
 
 
-def show_parallel_coordinates(page: Page) -> None:
+def show_parallel_coordinates(page: Page, children: list[str], accuracies: list[float]) -> None:
     """Chart view: Add chart > Parallel coordinates over the sweep's params and test accuracy, opened full screen."""
     search = page.get_by_placeholder("Search metric charts")
     search.fill("")
@@ -188,27 +204,33 @@ def show_parallel_coordinates(page: Page) -> None:
         expect(plot.locator("svg text.label").filter(has_text=axis)).to_be_visible(timeout=UI_TIMEOUT_MS)
     for tick in ["adam", "sgd"]:
         expect(plot.locator("svg g.tick text").filter(has_text=tick)).to_be_visible(timeout=UI_TIMEOUT_MS)
-    expect_lines(page, plot, len(CHILDREN))
+    if len(children) <= SHOWN_CHILDREN:
+        expect_lines(page, plot, len(children))
+    else:  # a real sweep: the last axis spans the runs' test accuracies, so it tells the cells apart
+        last_axis = plot.locator("svg g.dimension").last.locator("g.tick text")
+        expect(last_axis.first).to_be_visible(timeout=UI_TIMEOUT_MS)
+        ticks = [float(t) for t in last_axis.all_inner_texts() if t.strip()]
+        assert len(ticks) >= 3 and min(ticks) <= sorted(accuracies)[len(accuracies) // 2] <= max(ticks), ticks
 
 
 def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg, tmp_path):
     require_browser()
     screenshots = PACKAGE_CHECKOUT / os.environ[SCREENSHOTS_ENV] if os.environ.get(SCREENSHOTS_ENV) else tmp_path
+    if os.environ.get(PROJECT_ENV):
+        from conftest import compose_config
 
-    cfg = tiny_data_cfg()
-    root = Path(cfg.paths.root)
-    result = run_module(
-        "pipeline.experiment",
-        "-m",
-        f"paths.root={root}",
-        "train.epochs=2",
-        "sweep=none",
-        "optimizer=sgd,adam",
-        "train.batch_size=16,64",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    parent = sweep_parent_name(cfg)
-    assert parent.startswith("sweep-")
+        cfg = compose_config((PACKAGE_CHECKOUT / os.environ[PROJECT_ENV]).resolve())
+    else:
+        cfg = tiny_data_cfg()
+        root = Path(cfg.paths.root)
+        result = run_module(
+            "pipeline.experiment", "-m", f"paths.root={root}", "train.epochs=2", "sweep=none",
+            "optimizer=sgd,adam", "train.batch_size=16,64",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parent, children, accuracies = latest_sweep(cfg)
+    if not os.environ.get(PROJECT_ENV):
+        assert parent.startswith("sweep-") and sorted(children) == ["adam-bs16", "adam-bs64", "sgd-bs16", "sgd-bs64"]
     screenshots.mkdir(parents=True, exist_ok=True)
 
     with mlflow_service("ui", "--backend-store-uri", cfg.tracking.uri) as base, sync_playwright() as playwright:
@@ -217,12 +239,12 @@ def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg, tmp_path):
             page = browser.new_page(viewport={"width": 1600, "height": 900})
             page.set_default_timeout(UI_TIMEOUT_MS)
             open_runs_table(page, base, experiment_id(base, cfg.tracking.experiment), parent)
-            expand_parent(page, parent)
+            expand_parent(page, parent, children)
             choose_columns(page)
             page.screenshot(path=screenshots / "mlflow_runs.png")
-            show_loss_charts(page)
+            show_loss_charts(page, children)
             page.screenshot(path=screenshots / "mlflow_charts.png")
-            show_parallel_coordinates(page)
+            show_parallel_coordinates(page, children, accuracies)
             page.screenshot(path=screenshots / "mlflow_parallel.png")
         finally:
             browser.close()

@@ -25,3 +25,46 @@ def test_ui_lists_the_experiment_and_serves_a_runs_artifacts(tiny_data_cfg):
         assert any(m["key"] == "test_accuracy" for m in run["data"]["metrics"])
         status, png = http_get(f"{base}/get-artifact?path=evaluation/confusion_matrix.png&run_uuid={run_id}")
         assert status == 200 and png[:4] == b"\x89PNG"
+
+
+def test_pipeline_ui_serves_the_projects_store_without_a_uri_typed(tiny_data_cfg):
+    """`python -m pipeline.ui`: the store's UI on a port of our choosing, its runs page printed, Ctrl-C stops it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import free_port
+
+    from pipeline.core.paths import PACKAGE_CHECKOUT
+
+    cfg = tiny_data_cfg()
+    run_id = run_experiment(cfg)["run_id"]
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.ui", f"paths.root={cfg.paths.root}", f"tracking.ui_port={port}"],
+        cwd=PACKAGE_CHECKOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 180
+        for line in ui.stdout:
+            if line.startswith("MLflow UI of") or time.monotonic() > deadline:
+                break
+        assert line.startswith(f"MLflow UI of sqlite:///{cfg.paths.root}/mlruns/mlflow.db: http://127.0.0.1:{port}/#/")
+        address = line.split(": ", 1)[1].split()[0]
+        _, body = http_get(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/get?run_id={run_id}")
+        assert json.loads(body)["run"]["info"]["status"] == "FINISHED"
+        experiment = json.loads(
+            http_get(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist")[1]
+        )
+        assert address.endswith(f"#/experiments/{experiment['experiment']['experiment_id']}/runs")
+    finally:
+        ui.send_signal(signal.SIGINT)
+        ui.wait(timeout=60)
+    with pytest.raises(OSError):
+        http_get(f"http://127.0.0.1:{port}/health", timeout=2)

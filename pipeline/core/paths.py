@@ -124,14 +124,22 @@ class Paths:
     def screenshots(self) -> Path:
         return self.reports_dir / "ui"
 
+    @property
+    def sweep_records(self) -> Path:
+        """The folder of every sweep's own record, `<parent run id>.json`: a sweep never touches another's."""
+        return self.mlruns_dir / "sweeps"
+
     def sweep_record_of(self, parent_run_id: str) -> Path:
-        """The record one sweep writes, by its parent run id: a sweep never touches another's record."""
-        return self.mlruns_dir / "sweeps" / f"{parent_run_id}.json"
+        return self.sweep_records / f"{parent_run_id}.json"
+
+    def stage_record(self, stage: str) -> Path:
+        """What a stage run by DVC recorded in the MLflow store (a DVC output beside the store: gone with it)."""
+        return self.workspace_mlruns / "stages" / f"{stage}.json"
 
     @property
     def sweep_record(self) -> Path:
-        """The sweep stage's record (a DVC output, beside the store it describes): what the compare stage compares."""
-        return self.workspace_mlruns / "sweeps" / "stage.json"
+        """The sweep stage's record: the sweep that the compare stage compares."""
+        return self.stage_record("sweep")
 
     @property
     def store_db(self) -> Path:

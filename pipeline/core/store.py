@@ -283,6 +283,30 @@ def dvc_tags() -> dict[str, str]:
     return {tag: os.environ[name] for tag, name in names.items() if os.environ.get(name)}
 
 
+def record_stage(cfg: DictConfig, stage: str, record: dict[str, Any]) -> None:
+    """When DVC runs `stage`: write what it recorded in the store to its stage record.
+
+    The record is a DVC output beside the store, so a clone without the store, or a
+    deleted store, has none and `dvc repro` reruns the stage into the store it has.
+    """
+    if os.environ.get(env.DVC_STAGE) == stage:
+        from pipeline.core.files import write_json
+
+        write_json(project_paths(cfg).stage_record(stage), {**record, "tracking_uri": tracking_uri(cfg)})
+
+
+def latest_sweep(paths: Any, preset: str | None = None) -> dict[str, Any] | None:
+    """The record of the sweep started last in this project (of `preset`, if given); None if there is none."""
+    import json
+
+    records = []
+    for path in paths.sweep_records.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            records.append(json.loads(path.read_text()))
+    records = [r for r in records if "started" in r and (preset is None or r.get("preset") == preset)]
+    return max(records, key=lambda r: r["started"], default=None)
+
+
 def child_runs(client: Any, parent: Any) -> list[Any]:
     """Every child run of a sweep's parent run, oldest first."""
     return client.search_runs(

@@ -7,7 +7,7 @@ start from), so a bad value fails the whole sweep at once, not job 7 of 12; it c
 the store and the parent run, and hands the jobs their values (`pipeline.core.env`)
 through Hydra's `hydra.job.env_set`. It records the sweep, by parent run id, in
 `<mlruns_dir>/sweeps/<id>.json` when it starts and when it ends (and, as the sweep stage
-run by DVC, in the stage's record). Hydra turns a callback's exception into a warning,
+run by DVC, in the stage's record `<mlruns_dir>/stages/sweep.json`). Hydra turns a callback's exception into a warning,
 so any failure here ends the sweep itself: the parent run FAILED with the reason, exit 1.
 A sweep whose every run failed ends FAILED and exits 1 too.
 """
@@ -208,7 +208,7 @@ class SweepCallback(Callback):
     def _end(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        from pipeline.core.store import child_runs
+        from pipeline.core.store import child_runs, record_stage
 
         client = MlflowClient()
         runs = {
@@ -228,10 +228,9 @@ class SweepCallback(Callback):
             failed=len(failed),
             status="FAILED" if everything_failed else "FINISHED",
         )
-        paths = project_paths(config)
-        write_json(paths.sweep_record_of(self.parent_run_id), self.record)
-        if os.environ.get(env.DVC_STAGE) == "sweep" and not everything_failed:
-            write_json(paths.sweep_record, self.record)
+        write_json(project_paths(config).sweep_record_of(self.parent_run_id), self.record)
+        if not everything_failed:
+            record_stage(config, "sweep", self.record)
         if failed:
             log.warning("Sweep finished with %d failed run(s) of %d: %s", len(failed), len(runs), ", ".join(failed))
         if everything_failed:
