@@ -17,7 +17,7 @@ from pipeline.data.splits import load_split
 from pipeline.model.networks import check_buildable
 from pipeline.training.loop import TrainResult
 from pipeline.training.records import run_name
-from pipeline.training.runner import train_run
+from pipeline.training.runner import check_batch_fits, train_run
 
 
 def train(cfg: DictConfig) -> TrainResult:
@@ -26,6 +26,7 @@ def train(cfg: DictConfig) -> TrainResult:
     outputs = project_paths(cfg).stage_outputs
     # Bad input fails before a run starts: a model or optimizer setting, an unwritable output folder.
     check_buildable(cfg)
+    check_batch_fits(cfg)
     check_writable([outputs.model.parent, outputs.history.parent])
     with tracked_run(cfg, run_name=run_name(cfg)) as run:
         result = train_run(cfg, *splits, outputs, run.info.run_id if run else None)

@@ -126,7 +126,8 @@ def test_wrong_type_is_refused_by_the_schema(tmp_path):
 def test_batch_size_full_is_the_training_set():
     assert resolve_batch_size("full", 54000) == 54000
     assert resolve_batch_size(128, 54000) == 128
-    assert resolve_batch_size(128, 100) == 100
+    with pytest.raises(PipelineError, match=r"train.batch_size=128 is not allowed: at most the 100 training images"):
+        resolve_batch_size(128, 100)  # refused, never silently clamped (the run's name and param would lie)
 
 
 def test_project_root_found_from_a_subfolder(tmp_path, monkeypatch):

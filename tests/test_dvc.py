@@ -310,6 +310,31 @@ def test_every_edit_reruns_exactly_what_it_can_change(repo):
     assert edit_then_repro("conf/dataset/mnist.yaml", connect_timeout=3) == {"compose", "download"}
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+train.typo=1", "train.typo is not a setting of this pipeline"),
+        ("train.batch_size=0", "train.batch_size=0 is not allowed"),
+        ("optimizer.learning_rate=-1", "optimizer.learning_rate=-1"),
+        ("model.activation=nonsense", "model=mlp (pipeline.model.networks.mlp) cannot be built"),
+    ],
+)
+def test_a_refused_dvc_exp_run_changes_nothing(repo, override, message):
+    """The compose stage checks DVC's composition first: no stage runs, nothing is deleted, the next repro works."""
+    repo, env = repo
+    sh("dvc", "repro", cwd=repo, env=env)
+    sh("git", "add", "-A", cwd=repo, env=env)
+    sh("git", "commit", "-qm", "baseline", cwd=repo, env=env)
+    kept = {
+        p: (repo / p).read_bytes() for p in ("params.yaml", "dvc.lock", "models/model.keras", "reports/history.csv")
+    }
+    refused = sh("dvc", "exp", "run", "-S", override, cwd=repo, env=env, ok=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and message in output and "nothing ran" in output, output[-3000:]
+    assert {p: (repo / p).read_bytes() for p in kept} == kept, "params.yaml, dvc.lock and the outputs as they were"
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env).stdout
+
+
 def test_dvc_experiments_with_hydra_keys(repo):
     repo, env = repo
     sh("dvc", "repro", cwd=repo, env=env)

@@ -37,3 +37,14 @@ def test_reference_experiment_reaches_published_accuracy(real_cfg):
     assert meta["tensors"]["train"]["x"]["shape"] == [54000, 784]
     metrics = run_experiment(real_cfg)
     assert metrics["test_accuracy"] >= 0.975, json.dumps(metrics)
+
+
+def test_cnn_from_its_config_file_reaches_0985(real_cfg):
+    """`model=cnn` (conf/model/cnn.yaml): a network brought as one YAML file, through the same runner."""
+    from pipeline.training.runner import run_experiment
+
+    cfg = compose_config(real_cfg.paths.root, "model=cnn")
+    download_dataset(cfg)
+    preprocess_dataset(cfg)
+    metrics = run_experiment(cfg)
+    assert metrics["test_accuracy"] >= 0.985, json.dumps(metrics)

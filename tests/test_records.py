@@ -246,3 +246,53 @@ def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_c
         assert run.info.status == "FAILED"
         epochs = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         assert len(epochs) >= 3 and epochs == list(range(1, len(epochs) + 1)), "every epoch once, none missing"
+
+
+@pytest.mark.parametrize("override", ["optimizer.learning_rate=1e-30", "train.lr_factor=1e-30"])
+def test_a_run_that_does_not_learn_ends_failed_naming_the_setting(tiny_data_cfg, override):
+    """No better than untrained after 200 steps, with a loss near ln(10) (no divergence): a FAILED run, not a result."""
+    cfg = tiny_data_cfg(override, "train.batch_size=8", "train.epochs=6")
+    with pytest.raises(DivergedError, match=r"does not learn: after \d+ steps .* raise the learning rate"):
+        train(cfg)
+    _, runs = store(cfg)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "optimizer.learning_rate or train.lr_factor" in runs[0].data.tags["failure_reason"]
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_any_run(tiny_data_cfg):
+    cfg = tiny_data_cfg("train.batch_size=100000")
+    with pytest.raises(PipelineError, match=r"train.batch_size=100000 is not allowed: at most the 360 training images"):
+        train(cfg)
+    result = run_module(
+        "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "train.batch_size=32,100000"
+    )
+    assert result.returncode == 1 and "train.batch_size=100000 is not allowed" in result.stdout + result.stderr
+    _, runs = store(cfg)
+    assert runs == [], "no run records a batch size other than the one it ran"
+
+
+def test_seeds_beyond_the_seed_range_fail_the_sweep_before_any_job(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    result = run_module(
+        "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
+        f"train.seed={2**32 - 1}", "sweep.seeds=2",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "reaches seed 4294967296, beyond 2**32 - 1" in output
+    _, runs = store(cfg)
+    assert runs == [], "no cell with fewer seeds than it asked for"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "train.loss=mean_squared_error",
+            "train.loss='mean_squared_error' is not allowed: one of categorical_crossentropy",
+        ),
+        ("train.metrics=[mae]", "train.metrics=['mae'] is not allowed: a list holding accuracy"),
+    ],
+)
+def test_settings_the_divergence_rules_cannot_judge_are_refused(tmp_path, override, message):
+    result = run_module("pipeline.train", f"paths.root={tmp_path}", override)
+    assert result.returncode == 1 and message in result.stdout + result.stderr

@@ -22,6 +22,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from pipeline.core.errors import PipelineError
 
 FULL_BATCH = "full"
+# Losses the divergence rule can judge: its uniform-guess loss is ln(classes) for each.
+JUDGED_LOSSES = ("categorical_crossentropy",)
 
 
 class LrScaling(enum.Enum):
@@ -67,11 +69,15 @@ class SplitConfig:
 
 @dataclass
 class DivergenceConfig:
-    # An epoch has diverged when its training loss is not finite, or when its training
-    # accuracy is within `chance_margin` of chance (1 / classes) while its loss exceeds
-    # `loss_factor` x ln(classes), the loss of a uniform guess (pipeline/trainer.py).
+    # A run has diverged when its training loss is not finite, or its training accuracy is
+    # within `chance_margin` of chance (1 / classes) while its loss exceeds `loss_factor` x
+    # ln(classes); it does not learn when, after `learn_after_steps` optimizer steps, its
+    # validation accuracy is not `min_accuracy_gain` above the untrained network's
+    # (pipeline/training/loop.py). Either ends the run FAILED.
     chance_margin: float = 0.05
     loss_factor: float = 2.0
+    learn_after_steps: int = 200
+    min_accuracy_gain: float = 0.01
 
 
 @dataclass
@@ -163,6 +169,8 @@ JOB_LOGGING = {
         },
     },
     "root": {"level": "INFO", "handlers": ["console", "file"]},
+    # JAX tells at INFO that this machine has no TPU, in every process.
+    "loggers": {"jax._src.xla_bridge": {"level": "WARNING"}},
     "disable_existing_loggers": False,
 }
 
@@ -200,9 +208,13 @@ def check_batch_size(value: Any) -> None:
 
 
 def resolve_batch_size(value: Any, n_train: int) -> int:
-    """The number of samples per step; `full` is the whole training set."""
+    """The number of samples per step; `full` is the whole training set, more than it is refused."""
     check_batch_size(value)
-    return n_train if value == FULL_BATCH else min(int(value), n_train)
+    if value != FULL_BATCH and int(value) > n_train:
+        raise _bad(
+            "train.batch_size", value, f"at most the {n_train:,} training images (or '{FULL_BATCH}')", FULL_BATCH
+        )
+    return n_train if value == FULL_BATCH else int(value)
 
 
 def check_val_fraction(value: Any) -> float:
@@ -236,6 +248,11 @@ def check_config(cfg: DictConfig) -> None:
         raise _bad("train.divergence.chance_margin", train.divergence.chance_margin, "a number in [0, 1)", "0.05")
     if not train.divergence.loss_factor > 1:
         raise _bad("train.divergence.loss_factor", train.divergence.loss_factor, "a number > 1", "2.0")
+    if train.loss not in JUDGED_LOSSES:
+        allowed = f"one of {', '.join(JUDGED_LOSSES)} (the losses whose divergence rule is known)"
+        raise _bad("train.loss", train.loss, allowed, JUDGED_LOSSES[0])
+    if "accuracy" not in train.metrics:
+        raise _bad("train.metrics", list(train.metrics), "a list holding accuracy (the rules judge it)", "[accuracy]")
     check_optimizer(cfg.optimizer)
     check_model(cfg.model)
     check_val_fraction(cfg.split.val_fraction)

@@ -141,28 +141,32 @@ def read_params(root: Path | None = None) -> dict:
         raise PipelineError(f"{path} is not valid YAML ({err}); recompose it: python -m pipeline.compose") from err
 
 
-def compose_params_file(root: Path | None = None, write: bool = True) -> bool:
-    """Write `params.yaml` as DVC composes it from `conf/` (unless not `write`); return whether it differs."""
+def composed_params(root: Path | None = None) -> str:
+    """The text of `params.yaml` as DVC composes it from `conf/` (DVC's own function, its defaults)."""
     import tempfile
 
     from dvc.utils.hydra import compose_and_dump
     from hydra.core.global_hydra import GlobalHydra
 
     root = root or find_project_root()
-    target = root / PARAMS_FILE
     GlobalHydra.instance().clear()
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / PARAMS_FILE
-        # DVC's own function, with DVC's defaults (plugins from the project root): the
-        # same bytes `dvc exp run` writes.
+        # plugins from the project root, as `dvc exp run` does: the same bytes it writes
         compose_and_dump(fresh, str(root / "conf"), None, CONFIG_NAME, str(root), [])
         text = fresh.read_text()
     GlobalHydra.instance().clear()
+    return text
+
+
+def compose_params_file(root: Path | None = None, write: bool = True) -> bool:
+    """Write `params.yaml` as DVC composes it from `conf/` (unless not `write`); return whether it differs."""
+    root = root or find_project_root()
+    target, text = root / PARAMS_FILE, composed_params(root)
     if target.is_file() and target.read_text() == text:
         return False
-    if not write:
-        return True
-    from pipeline.core.files import write_text
+    if write:
+        from pipeline.core.files import write_text
 
-    write_text(target, text)
+        write_text(target, text)
     return True

@@ -118,7 +118,13 @@ class Paths:
 
     @property
     def benchmark(self) -> Path:
+        """The speed benchmark's figures (benchmarks/train_speed.py)."""
         return self.reports_dir / "benchmark.json"
+
+    @property
+    def first_command(self) -> Path:
+        """README command 1 timed on a fresh clone (benchmarks/first_command.py)."""
+        return self.reports_dir / "first_command.json"
 
     @property
     def screenshots(self) -> Path:

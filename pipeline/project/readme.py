@@ -27,6 +27,21 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def first_command(root: Path) -> str:
+    """How long README command 1 took on a fresh clone (reports/first_command.json, benchmarks/first_command.py)."""
+    run = _json(paths_at(root).first_command)
+    total = run["install_s"] + run["repro_s"]
+    return (
+        f"On {run['cpu']} ({run['date']}, `python benchmarks/first_command.py`: a fresh clone, no caches) "
+        f"command 1 took {_minutes(total)}: {_minutes(run['install_s'])} to install, {_minutes(run['repro_s'])} "
+        f"for `dvc repro` with its {run['sweep_runs']} sweep runs.\n"
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
+
+
 def reference_result(root: Path) -> str:
     """The reference experiment's test metrics (reports/metrics.json)."""
     metrics = _json(paths_at(root).stage_outputs.metrics)
@@ -140,6 +155,7 @@ def tuned_comparison(root: Path) -> str:
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    "first_command": first_command,
     "benchmark_detail": benchmark_detail,
     "tuned_comparison": tuned_comparison,
     "performance": performance,

@@ -120,6 +120,7 @@ class SweepCallback(Callback):
     def _start(self, config: DictConfig) -> None:
         from pipeline.core.app import prepare_config
         from pipeline.model.networks import check_buildable
+        from pipeline.training.runner import check_batch_fits
 
         overrides = grid.sweep_overrides(config)
         swept = grid.swept_keys(overrides)
@@ -133,10 +134,18 @@ class SweepCallback(Callback):
             jobs = [[o for o in config.hydra.overrides.task if "," not in o and "(" not in o]]
             swept = [str(k) for k in (config.hydra.sweeper.get("params") or {})]
         n_jobs = len(jobs) if kind in grid.GRID_SWEEPERS else config.hydra.sweeper.get("n_trials")
+        seeds = 1 if kind == "OptunaSweeper" else int(config.sweep.seeds)
         for job, job_cfg in zip(jobs, compose_jobs(config, jobs), strict=True):
             task = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
             try:
                 check_buildable(prepare_config(task, job_cfg.hydra.runtime.choices))
+                check_batch_fits(task)
+                if int(task.train.seed) + seeds > 2**32:
+                    last = int(task.train.seed) + seeds - 1
+                    raise PipelineError(
+                        f"train.seed={task.train.seed} with sweep.seeds={seeds} reaches seed {last}, beyond 2**32 - 1: "
+                        f"every seed must be an integer in [0, 2**32). Fix it, e.g. train.seed=0"
+                    )
             except PipelineError as err:
                 raise PipelineError(f"Sweep job [{' '.join(job)}]: {err}") from err
         check_store_reachable_from_jobs(config)

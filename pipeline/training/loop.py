@@ -42,7 +42,7 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 
 class DivergedError(PipelineError):
-    """The run's weights blew up (see `check_divergence`)."""
+    """The run's weights blew up, or it does not learn (see `check_divergence`)."""
 
 
 @dataclass
@@ -56,26 +56,36 @@ class TrainResult:
     threads: int = 0
 
 
-def check_divergence(row: dict[str, float], num_classes: int, rule: DictConfig) -> None:
-    """Raise `DivergedError` when an epoch's training loss or accuracy says the weights blew up.
+def check_divergence(row: dict[str, float], num_classes: int, rule: DictConfig, steps: int, start: float) -> None:
+    """Raise `DivergedError` when an epoch says the weights blew up, or that the run does not learn.
 
-    Rule: the loss is not finite, or the training accuracy is within
-    `rule.chance_margin` of chance (1 / classes) while the loss exceeds
-    `rule.loss_factor` x ln(classes), the loss of a uniform guess. An untrained or slowly
-    starting network (full-batch SGD after a few steps) sits near chance with a loss
-    close to ln(classes) and passes; a network whose weights blew up is at chance and
-    confidently wrong. Keras clips probabilities, so the loss can stay finite then.
+    Diverged: the training loss is not finite, or the training accuracy is within
+    `rule.chance_margin` of chance (1 / classes) while the loss exceeds `rule.loss_factor`
+    x ln(classes), the cross-entropy of a uniform guess (Keras clips probabilities, so
+    the loss of a blown-up network can stay finite). Not learning: after `steps` >=
+    `rule.learn_after_steps` optimizer steps, the validation accuracy has not risen by
+    `rule.min_accuracy_gain` above `start`, the untrained network's, whatever the loss
+    (a learning rate of 1e-30). A slowly starting run with few steps (full-batch gradient descent takes one
+    per epoch) is not judged; the config admits only losses and metrics this rule can
+    judge (`pipeline.core.config`).
     """
-    loss, accuracy, epoch = row["loss"], row.get("accuracy", math.nan), int(row["epoch"])
+    loss, accuracy, epoch = row["loss"], row["accuracy"], int(row["epoch"])
     hint = "lower optimizer.learning_rate, e.g. optimizer.learning_rate=0.01"
     if not math.isfinite(loss):
         raise DivergedError(f"diverged at epoch {epoch}: training loss is {loss} ({hint})")
     chance, uniform_loss = 1.0 / num_classes, math.log(num_classes)
-    if accuracy <= chance + rule.chance_margin and loss > rule.loss_factor * uniform_loss:
+    at_chance = accuracy <= chance + rule.chance_margin
+    if at_chance and loss > rule.loss_factor * uniform_loss:
         raise DivergedError(
             f"diverged at epoch {epoch}: training accuracy {accuracy:.4f} is at chance ({chance:.2f}) "
             f"while the loss {loss:.4g} is above {rule.loss_factor:g} x ln({num_classes}) = "
             f"{rule.loss_factor * uniform_loss:.2f}, worse than guessing ({hint})"
+        )
+    if steps >= rule.learn_after_steps and row["val_accuracy"] < start + rule.min_accuracy_gain:
+        raise DivergedError(
+            f"does not learn: after {steps} steps ({epoch} epoch(s)) the validation accuracy {row['val_accuracy']:.4f} "
+            f"is no better than the untrained network's {start:.4f}; raise the learning rate "
+            "(optimizer.learning_rate or train.lr_factor), e.g. optimizer.learning_rate=0.01"
         )
 
 
@@ -124,12 +134,14 @@ def fit(cfg: DictConfig, train: Split, val: Split, on_epoch: EpochCallback | Non
     batch_size = resolve_batch_size(cfg.train.batch_size, len(train.x))
     fit_backend = _fit_jax if backend_name(cfg) == "jax" else _fit_tensorflow
     history: list[dict[str, float]] = []
+    steps_per_epoch = -(-len(train.x) // batch_size)
 
-    def end_epoch(row: dict[str, float]) -> None:
+    def end_epoch(row: dict[str, float], start: float) -> None:
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        check_divergence(row, train.y.shape[1], cfg.train.divergence)
+        steps = steps_per_epoch * int(row["epoch"])
+        check_divergence(row, train.y.shape[1], cfg.train.divergence, steps, start)
 
     model, seconds, used_threads = fit_backend(cfg, train, val, batch_size, threads, end_epoch)
     return TrainResult(model, history, seconds, batch_size, used_threads)
@@ -164,6 +176,10 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
         jit_compile=bool(cfg.train.jit_compile),
     )
 
+    start = float(
+        model.evaluate(val.x, val.y, batch_size=INFERENCE_BATCH_SIZE, verbose=0, return_dict=True)["accuracy"]
+    )
+
     class EpochEnd(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
@@ -171,7 +187,7 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.started
             row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-            end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": len(train.x) / seconds})
+            end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": len(train.x) / seconds}, start)
 
     started = time.perf_counter()
     model.fit(
@@ -204,6 +220,7 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch):
         [v.value for v in optimizer.variables],
     )
     x, y = device_array(train.x), device_array(train.y)
+    start = program.evaluate(state[0], state[1], device_array(val.x), device_array(val.y))[1]  # untrained
     n, rng = len(train.x), np.random.default_rng(int(cfg.train.seed))
     steps = -(-n // batch_size)
     verbose = keras_verbosity(cfg.train.verbose)
@@ -228,7 +245,7 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch):
                 + " - ".join(f"{k}: {row[k]:.4f}" for k in CURVE_COLUMNS[1:]),
                 flush=True,
             )
-        end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": n / seconds})
+        end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": n / seconds}, start)
     seconds = time.perf_counter() - fit_started
     for variable, value in zip(model.trainable_variables, state[0], strict=True):
         variable.assign(value)

@@ -153,6 +153,7 @@ def run_experiment(
     outputs = outputs or project_paths(cfg).stage_outputs
     if parent_run_id is None:
         check_buildable(cfg)
+        check_batch_fits(cfg)
         load_splits(cfg)
         check_writable([outputs.model.parent, outputs.history.parent, outputs.metrics.parent])
     with tracked_run(cfg, run_name=name or run_name(cfg), parent_run_id=parent_run_id) as run:
@@ -166,6 +167,18 @@ def run_experiment(
         result = train_run(cfg, train, val, outputs, run_id, on_epoch)
         metrics = evaluate_run(result.model, test, outputs, run_id, str(cfg.dataset.name))
     return {**metrics, "run_id": run_id, "val_accuracy": result.history[-1]["val_accuracy"], "history": result.history}
+
+
+def check_batch_fits(cfg: DictConfig) -> None:
+    """Refuse a batch size above the processed training set (from what preprocess recorded; skipped without it)."""
+    from pipeline.core.config import resolve_batch_size
+    from pipeline.data.splits import read_meta
+
+    try:
+        n_train = int(read_meta(cfg)["tensors"]["train"]["x"]["shape"][0])
+    except (PipelineError, KeyError, TypeError):
+        return  # no processed data yet: reading the splits says so
+    resolve_batch_size(cfg.train.batch_size, n_train)
 
 
 def load_splits(cfg: DictConfig) -> tuple[Split, Split, Split]:

@@ -1,0 +1,120 @@
+"""The statistics behind the README's answer, against scipy and statsmodels on fixed inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from pipeline.analysis.stats import (
+    BETTER,
+    NOT_SHOWN,
+    NOT_TESTABLE,
+    WORSE,
+    aggregate,
+    compare_with_winner,
+    holm,
+    interval,
+    paired_p,
+    welch_p,
+)
+
+A = np.array([0.9799, 0.9803, 0.9797])
+B = np.array([0.9790, 0.9795, 0.9791])
+
+
+def test_interval_is_students_t():
+    low, high = interval(A)
+    expected = stats.t.interval(0.95, len(A) - 1, loc=A.mean(), scale=stats.sem(A))
+    assert (low, high) == pytest.approx(expected, rel=1e-12)
+    assert all(math.isnan(v) for v in interval(A[:1])), "one run has no interval, not a zero-width one"
+
+
+def test_welch_is_scipys():
+    assert welch_p(A, B) == pytest.approx(stats.ttest_ind(A, B, equal_var=False).pvalue, rel=1e-12)
+    assert welch_p(A[:1], B) is None, "fewer than two runs: not testable"
+
+
+def test_paired_test_over_images():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 10_000)) < 0.98  # 3 seeds x 10,000 images
+    b = rng.random((3, 10_000)) < 0.97
+    expected = stats.ttest_rel(a.mean(axis=0), b.mean(axis=0)).pvalue
+    assert paired_p(a, b) == pytest.approx(expected, rel=1e-12)
+    # One seed each: the large-sample McNemar test on the discordant images.
+    one_a, one_b = a[:1], b[:1]
+    table = [[np.sum(one_a & one_b), np.sum(one_a & ~one_b)], [np.sum(~one_a & one_b), np.sum(~one_a & ~one_b)]]
+    assert paired_p(one_a, one_b) == pytest.approx(mcnemar(table, exact=False, correction=False).pvalue, rel=0.02)
+    assert paired_p(one_a, one_a) == 1.0
+
+
+def test_holm_is_statsmodels():
+    raw = {"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5, "e": None}
+    adjusted = holm(raw)
+    expected = multipletests([0.01, 0.04, 0.03, 0.5], method="holm")[1]
+    assert [adjusted[k] for k in "abcd"] == pytest.approx(list(expected), rel=1e-12)
+    assert adjusted["e"] is None
+
+
+def table_of(cells: dict[str, tuple[list[float], list[float]]]) -> pd.DataFrame:
+    rows = []
+    for cell, (tests, vals) in cells.items():
+        optimizer, batch = cell.split("-bs")
+        for seed, (test, val) in enumerate(zip(tests, vals, strict=True)):
+            rows.append(
+                {
+                    "run_id": f"{cell}-s{seed}",
+                    "cell": cell,
+                    "optimizer": optimizer,
+                    "batch_size": batch,
+                    "test_accuracy": test,
+                    "final_val_accuracy": val,
+                    "status": "FINISHED",
+                }  # fmt: skip
+            )
+    return pd.DataFrame(rows)
+
+
+def test_winner_is_chosen_on_validation_and_each_cell_gets_a_verdict():
+    table = table_of(
+        {
+            "adam-bs32": ([0.980, 0.981, 0.979], [0.982, 0.983, 0.982]),  # best on validation
+            "rmsprop-bs32": ([0.980, 0.979, 0.981], [0.981, 0.980, 0.981]),  # indistinguishable
+            "sgd-bs512": ([0.870, 0.872, 0.874], [0.871, 0.873, 0.875]),  # clearly worse
+            "momentum-bs32": ([0.990, 0.991, 0.992], [0.979, 0.978, 0.979]),  # better on test, worse on validation
+            "sgd-bs32": ([0.940], [0.941]),  # one run
+        }
+    )
+    cells = aggregate(table)
+    assert cells[0].cell == "adam-bs32" and cells[0].val_mean == pytest.approx(0.98233, abs=1e-5)
+    assert cells[0].mean == pytest.approx(0.980), "reported on test"
+    verdicts = {c["cell"]: c["verdict"] for c in compare_with_winner(table, cells, 0.05)}
+    assert verdicts == {
+        "rmsprop-bs32": NOT_SHOWN,
+        "sgd-bs512": WORSE,
+        "momentum-bs32": BETTER,
+        "sgd-bs32": NOT_TESTABLE,
+    }
+
+
+def test_a_difference_the_test_images_cannot_tell_is_not_called_worse():
+    """Seeds agree closely (Welch rejects), but the models differ on a handful of the same images."""
+    table = table_of(
+        {"adam-bs32": ([0.9800] * 2 + [0.9801], [0.99] * 3), "sgd-bs32": ([0.9796] * 2 + [0.9797], [0.98] * 3)}
+    )
+    cells = aggregate(table)
+    rng = np.random.default_rng(1)
+    base = rng.random(10_000) < 0.98
+    correct = {}
+    for run in table.itertuples():
+        flipped = base.copy()
+        flipped[rng.choice(10_000, 4, replace=False)] ^= True  # a few images differ, at random
+        correct[run.run_id] = flipped
+    (comparison,) = compare_with_winner(table, cells, 0.05, correct)
+    assert comparison["p_welch_holm"] < 0.05 and comparison["p_paired_holm"] >= 0.05
+    assert comparison["verdict"] == NOT_SHOWN
