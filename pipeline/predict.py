@@ -12,6 +12,8 @@ champion when the store has one, otherwise the trained `models/model.keras`.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import sys
 import warnings
@@ -90,7 +92,13 @@ def load(uri: str) -> Any:
             raise PipelineError(f"model={uri}: no such file")
         from pipeline.model.networks import load_model
 
-        model = load_model(path)
+        try:
+            model = load_model(path)
+        except Exception as err:  # noqa: BLE001 - Keras raises several kinds for a file that is no Keras model
+            raise PipelineError(
+                f"model={uri} is not a Keras model file ({type(err).__name__}: {str(err)[:200]}): give a .keras "
+                "file the train stage wrote, or an MLflow model URI"
+            ) from err
         return lambda rows: np.asarray(model(rows, training=False))
     import mlflow.pyfunc
 
@@ -127,12 +135,16 @@ def predict(cfg: DictConfig) -> list[tuple[str, int, float]]:
         setup_tracking(cfg)
     probs = load(uri)(rows)
     results = [(str(path), int(p.argmax()), float(p.max())) for path, p in zip(files, probs, strict=True)]
-    for path, digit, probability in results:
-        sys.stdout.write(f"{path}\t{digit}\t{probability:.4f}\n")
+    # csv quotes a path holding a tab, a comma, a quote or a line break, so every line stays three fields
+    tsv = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+    tsv.writerows((path, digit, f"{probability:.4f}") for path, digit, probability in results)
     sys.stdout.flush()
     if cfg.output:
-        lines = ["path,digit,probability"] + [f'"{p}",{d},{q:.6f}' for p, d, q in results]
-        write_text(resolve_path(cfg.output), "\n".join(lines) + "\n")
+        table = io.StringIO()
+        rows = csv.writer(table, lineterminator="\n")
+        rows.writerow(["path", "digit", "probability"])
+        rows.writerows((path, digit, f"{probability:.6f}") for path, digit, probability in results)
+        write_text(resolve_path(cfg.output), table.getvalue())
     return results
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -185,6 +186,20 @@ def test_serving_scores_two_images_over_rest(sweep_store, tmp_path):
         local = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"pixels": [test.x[i].tolist() for i in (0, 1)]}))
         assert [p["digit"] for p in predictions] == list(local["digit"])
         assert all(0 < p["probability"] <= 1 for p in predictions)
+        image = test.x[0].reshape(28, 28).tolist()
+        bad = {
+            "misspelt field": ([{"images": image}], "no record holds `image`"),
+            "empty record": ([{}], "no record holds `image`"),
+            "NaN pixels": ([{"pixels": [float("nan")] * 784}], "`pixels` holds values outside [0, 1]"),
+            "0-255 grey levels": ([{"image": (test.x[0] * 255).reshape(28, 28).tolist()}], "divide 0-255 by 255"),
+            "wrong shape": ([{"pixels": [0.0] * 756}], "`pixels` has 756 values"),
+        }
+        for case, (records, message) in bad.items():
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                http_post_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records}, timeout=30)
+            body = json.loads(refused.value.read())
+            assert refused.value.code == 400 and message in body["message"], (case, body)
+            assert "Traceback" not in body["message"], case
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
@@ -199,3 +214,63 @@ def test_experiment_run_records_the_model_it_trained(tiny_data_cfg):
     run = MlflowClient().get_run(result["run_id"])
     (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert logged.source_run_id == result["run_id"]
+
+
+def test_predict_reads_images_as_a_viewer_shows_them(tmp_path):
+    """Phone photos (EXIF orientation), 16-bit greys, palette and grey+alpha transparency, CMYK, bilevel:
+    each converts to what the plain 8-bit picture of the same digit gives."""
+    from PIL import Image
+
+    upright = Image.fromarray(stroke_image(140))  # a dark '1' on white
+    upright.save(tmp_path / "plain.png")
+    expected = to_mnist(tmp_path / "plain.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer turns it 90 degrees clockwise
+    upright.rotate(90, expand=True).convert("RGB").save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    Image.fromarray(np.asarray(upright, np.uint16) * 257).save(tmp_path / "sixteen.png")  # mode I;16
+    ink = Image.fromarray(np.where(np.asarray(upright) < 128, 1, 0).astype(np.uint8), mode="P")
+    ink.putpalette([255, 0, 0, 0, 0, 0])  # index 0 (red) is the transparent background, 1 the black ink
+    ink.save(tmp_path / "palette.png", transparency=0)
+    grey_alpha = Image.merge("LA", (Image.new("L", upright.size, 0), Image.eval(upright, lambda v: 255 - v)))
+    grey_alpha.save(tmp_path / "grey_alpha.png")  # black everywhere, only the ink opaque
+    upright.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    upright.convert("1").save(tmp_path / "bilevel.png")
+    for name in ("phone.jpg", "sixteen.png", "palette.png", "grey_alpha.png", "cmyk.jpg", "bilevel.png"):
+        assert np.abs(to_mnist(tmp_path / name) - expected).mean() < 0.03, name
+    sideways = Image.open(tmp_path / "phone.jpg")
+    assert sideways.size == (upright.height, upright.width), "stored turned; only its EXIF tag makes it upright"
+
+
+def test_predict_output_survives_awkward_file_names(sweep_store, tmp_path):
+    import csv
+
+    cfg, _ = sweep_store
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    name = 'a "quoted", tabbed\tname.png'
+    Image.fromarray(stroke_image()).save(folder / name)
+    out = tmp_path / "predictions.csv"
+    result = run_module("pipeline.predict", f"paths.root={cfg.paths.root}", f"input={folder}", f"output={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = list(csv.reader(out.read_text().splitlines()))[1:]
+    assert Path(row[0]).name == name and len(row) == 3
+    (printed,) = [r for r in csv.reader(result.stdout.splitlines(), delimiter="\t") if len(r) == 3]
+    assert Path(printed[0]).name == name
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("input=zifferä.png", "needs quotes around a value with spaces or non-ASCII"),
+        ("model=junk.keras", "is not a Keras model file"),
+    ],
+)
+def test_predict_explains_unquoted_values_and_files_that_are_no_model(sweep_store, tmp_path, argument, message):
+    cfg, _ = sweep_store
+    image = tmp_path / "a.png"
+    Image.fromarray(stroke_image()).save(image)
+    (tmp_path / "junk.keras").write_bytes(np.random.default_rng(0).bytes(2000))
+    args = [argument] if argument.startswith("input=") else [f"input={image}", f"model={tmp_path / 'junk.keras'}"]
+    result = run_module("pipeline.predict", f"paths.root={cfg.paths.root}", *args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and message in output and "Traceback" not in output, output[-2000:]

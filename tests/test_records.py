@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import free_port, mlflow_service, run_module
 from mlflow.tracking import MlflowClient
@@ -296,3 +298,73 @@ def test_seeds_beyond_the_seed_range_fail_the_sweep_before_any_job(tiny_data_cfg
 def test_settings_the_divergence_rules_cannot_judge_are_refused(tmp_path, override, message):
     result = run_module("pipeline.train", f"paths.root={tmp_path}", override)
     assert result.returncode == 1 and message in result.stdout + result.stderr
+
+
+def test_a_damaged_store_is_one_line_naming_it_and_the_fix(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    db = project_paths(cfg).store_db
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.write_bytes(b"SQLite format 3\0" + np.random.default_rng(0).bytes(8192))  # a header, then garbage
+    result = run_module("pipeline.train", f"paths.root={cfg.paths.root}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert f"The MLflow store sqlite:///{db} cannot be used" in output and "mv " in output, output[-2000:]
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, errors
+    assert not project_paths(cfg).stage_outputs.model.exists()
+
+
+@pytest.mark.slow
+def test_a_server_that_vanishes_mid_sweep_fails_the_sweep_and_leaves_nothing_running(tiny_data_cfg, tmp_path):
+    import json
+
+    cfg = tiny_data_cfg()
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    args = ("--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1")
+    port = free_port()
+    with mlflow_service("server", *args, port=port) as base:
+        proc = popen(
+            "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
+            "tracking=server", f"tracking.uri={base}", "train.epochs=100000", "train.batch_size=8",
+        )  # fmt: skip
+        wait_for(proc, "Epoch 2/")
+    output = proc.communicate(timeout=300)[0]  # the server is gone
+    assert proc.returncode == 1, output[-3000:]
+    (record,) = [json.loads(p.read_text()) for p in (project_paths(cfg).mlruns_dir / "sweeps").glob("*.json")]
+    assert record["status"] == "FAILED" and "could not be written" in record["failure_reason"]
+    with mlflow_service("server", *args, port=port) as base:  # back: the next command closes what the sweep left
+        result = run_module(
+            "pipeline.compare", f"paths.root={cfg.paths.root}", "tracking=server", f"tracking.uri={base}"
+        )
+        assert result.returncode == 1 and "names no winner" in result.stdout + result.stderr
+        client = MlflowClient(tracking_uri=base)
+        runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+        assert runs and "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_sweep_in_one_line_and_compare_refuses_it(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    proc = popen(
+        "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.epochs=100000", "train.batch_size=8",
+    )  # fmt: skip
+    seen = wait_for(proc, "Epoch 2/")
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == proc.pid and b"loky" in cmdline and b"resource_tracker" not in cmdline:
+            workers.append(int(stat.parent.name))
+    assert workers, "".join(seen[-20:])
+    os.kill(workers[0], signal.SIGKILL)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert "The sweep stopped: its launcher failed (TerminatedWorkerError" in output
+    result = run_module("pipeline.compare", f"paths.root={cfg.paths.root}")  # the sweep just run, never an older one
+    assert result.returncode == 1 and "names no winner" in result.stdout + result.stderr
+    _, runs = store(cfg)
+    assert "RUNNING" not in {r.info.status for r in runs}, "compare's start closed what the dead processes left"

@@ -111,8 +111,11 @@ def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, s
         if line.startswith("Epoch 3/") or time.monotonic() > deadline:
             break
     proc.send_signal(sig)
-    proc.stdout.read()
-    assert proc.wait(timeout=60) != 0
+    output = proc.stdout.read()
+    assert proc.wait(timeout=60) == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
+    message = {signal.SIGINT: "Interrupted (Ctrl-C)", signal.SIGTERM: "Terminated (SIGTERM)"}[sig]
+    assert f"{message}; every MLflow run this command started ended KILLED." in output
+    assert "Traceback" not in output, "one line, as for Ctrl-C"
     client, runs = all_runs(cfg)
     (run,) = runs
     assert run.info.status == "KILLED", "".join(seen[-20:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,58 @@ def test_compare_unknown_parent_id(compose_cfg):
     cfg = compose_cfg("compare.parent_run_id=deadbeef")
     with pytest.raises(PipelineError, match="Sweep parent run 'deadbeef' is not in the MLflow store"):
         compare_sweep(cfg)
+
+
+def test_two_sweeps_at_once_keep_a_record_each_and_compare_takes_the_one_named(tiny_data_cfg):
+    import subprocess
+    import sys
+
+    from pipeline.core.paths import PACKAGE_CHECKOUT
+
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    grids = (["optimizer=sgd,adam"], ["optimizer=rmsprop", "train.batch_size=16,64,128"])
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.experiment",
+                "-m",
+                f"paths.root={root}",
+                "train.epochs=1",
+                "sweep=none",
+                *g,
+            ],
+            cwd=PACKAGE_CHECKOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for g in grids
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    records = [json.loads(p.read_text()) for p in (root / "mlruns" / "sweeps").glob("*.json")]
+    assert sorted(len(r["runs"]) for r in records) == [2, 3], "neither sweep overwrote the other's record"
+    assert {r["status"] for r in records} == {"FINISHED"}
+    for record in records:
+        summary = compare_sweep(tiny_data_cfg(f"compare.parent_run_id={record['parent_run_id']}"))
+        assert summary["parent_run_id"] == record["parent_run_id"] and summary["runs"] == len(record["runs"])
+
+
+def test_compare_replaces_every_report_or_none(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    run_sweep(root, "optimizer=sgd,adam", "sweep.seeds=2")
+    compare_sweep(cfg)
+    out = root / "reports" / "sweep"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    run_sweep(root, "optimizer=sgd,momentum", "sweep.seeds=2")  # a new sweep to compare
+    (out / "heatmap.png").unlink()
+    (out / "heatmap.png").mkdir()  # its rename fails, after every other file was written
+    with pytest.raises(IsADirectoryError):
+        compare_sweep(cfg)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == {k: v for k, v in before.items() if k != "heatmap.png"}, "all old, none of the new sweep"
+    assert sorted(p.name for p in out.iterdir()) == sorted(before), "no temporary files left"

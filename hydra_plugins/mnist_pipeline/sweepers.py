@@ -41,7 +41,9 @@ class GridSweeper(BasicSweeper):
         from pipeline.sweeps import grid
 
         jobs = grid.preset_jobs(self.config, arguments)
-        return super().sweep(arguments) if jobs is None else grid.sweep_listed_jobs(self, jobs)
+        if jobs is None:
+            return grid.launched(lambda: super(GridSweeper, self).sweep(arguments))
+        return grid.launched(lambda: grid.sweep_listed_jobs(self, jobs))
 
 
 class OptunaSweeper(Sweeper):
@@ -57,4 +59,6 @@ class OptunaSweeper(Sweeper):
         self.search = OptunaSearch(hydra_context, task_function, config, **self.settings)
 
     def sweep(self, arguments: list[str]) -> Any:
-        return self.search.sweep(arguments)
+        from pipeline.sweeps import grid
+
+        return grid.launched(lambda: self.search.sweep(arguments))

@@ -86,6 +86,22 @@ def _multirun() -> bool:
     return "-m" in sys.argv or "--multirun" in sys.argv
 
 
+def check_overrides(arguments: list[str]) -> None:
+    """One line for an override Hydra cannot parse because a value needs quotes (spaces, non-ASCII)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for argument in (a for a in arguments if not a.startswith("-")):
+        try:
+            OverridesParser.create().parse_overrides([argument])
+        except Exception:  # noqa: BLE001 - Hydra's own parser errors; anything else Hydra reports itself
+            key, _, value = argument.partition("=")
+            if value and not value.startswith(("'", '"')) and (not value.isascii() or " " in value):
+                raise PipelineError(
+                    f"{argument!r}: Hydra's command line needs quotes around a value with spaces or non-ASCII "
+                    f"characters: write \"{key}='{value}'\"."
+                ) from None
+
+
 def stage_main(
     run: Callable[[DictConfig], Any],
     config_name: str = "config",
@@ -137,6 +153,7 @@ def stage_main(
             if multirun and not _multirun():
                 sys.argv.insert(1, "-m")
             sys.argv += dvc_overrides()
+            check_overrides(sys.argv[1:])
             app()
         except PipelineError as err:
             logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")

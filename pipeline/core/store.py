@@ -138,17 +138,29 @@ def setup_tracking(cfg: DictConfig) -> str:
         lock = store_lock(db.parent)
     use_store(uri)
     name = cfg.tracking.experiment
-    with lock:
-        client = MlflowClient()
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            with contextlib.suppress(MlflowException):  # another process created it meanwhile
-                client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND_TAGS)
+    try:
+        with lock:
+            client = MlflowClient()
             experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        raise PipelineError(f"Could not create or find MLflow experiment '{name}' in {uri}")
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
-    close_orphaned_runs(client, experiment.experiment_id)
+            if experiment is None:
+                with contextlib.suppress(MlflowException):  # another process created it meanwhile
+                    client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND_TAGS)
+                experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise PipelineError(f"Could not create or find MLflow experiment '{name}' in {uri}")
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+        close_orphaned_runs(client, experiment.experiment_id)
+    except (PipelineError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy's multi-line errors for a damaged or full store
+        if not uri.startswith("sqlite:"):
+            raise
+        first = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
+        raise PipelineError(
+            f"The MLflow store {uri} cannot be used ({type(err).__name__}: {first}): the file is damaged or its disk "
+            f"is full. Free space, or move the store aside to start a new one (mv {db.parent} {db.parent}.broken), "
+            "or point tracking.uri / MLFLOW_TRACKING_URI at another store."
+        ) from err
     _READY[(uri, str(name))] = experiment.experiment_id
     return experiment.experiment_id
 

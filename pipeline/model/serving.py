@@ -51,21 +51,46 @@ def input_example() -> dict:
     return {"image": [[0.0] * SIDE for _ in range(SIDE)]}
 
 
+FIELDS = "`image` (28 x 28 values) or `pixels` (784 values), each a grey level in [0, 1]"
+
+
 def as_rows(data: Any) -> np.ndarray:
-    """Records with `image` (28 x 28) or `pixels` (784) -> float32 rows (N, 784)."""
+    """Records with `image` (28 x 28) or `pixels` (784) -> float32 rows (N, 784); anything else is refused.
+
+    A refusal is an `MlflowException(INVALID_PARAMETER_VALUE)`: the scoring server answers it
+    with HTTP 400 and this message. MLflow drops fields the signature does not name before
+    the model sees the records, so a request whose fields are all misspelt arrives empty.
+    """
     import pandas as pd
 
     frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+    if frame.empty:
+        raise _refused(f"no record holds {FIELDS}: a misspelt or missing field? (unknown fields are dropped)")
     rows = []
     for i, record in enumerate(frame.to_dict("records")):
-        values = next((record[k] for k in ("image", "pixels") if _present(record.get(k))), None)
-        if values is None:
-            raise PipelineError(f"record {i} has neither `image` (28 x 28) nor `pixels` (784 values)")
-        row = np.asarray(values, dtype=np.float32).reshape(-1)
+        field = next((k for k in ("image", "pixels") if _present(record.get(k))), None)
+        if field is None:
+            raise _refused(f"record {i} has neither field: give {FIELDS}")
+        try:
+            row = np.asarray(record[field], dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as err:
+            raise _refused(f"record {i}: `{field}` is not a grid of numbers ({err}); give {FIELDS}") from err
         if row.size != SIDE * SIDE:
-            raise PipelineError(f"record {i} has {row.size} values; an image is 28 x 28 = 784 values in [0, 1]")
+            raise _refused(f"record {i}: `{field}` has {row.size} values; an image is 28 x 28 = 784 values in [0, 1]")
+        if not np.isfinite(row).all() or row.min() < 0 or row.max() > 1:
+            raise _refused(
+                f"record {i}: `{field}` holds values outside [0, 1] (min {np.nanmin(row):g}, max {np.nanmax(row):g}, "
+                f"{int((~np.isfinite(row)).sum())} not finite); scale grey levels to [0, 1], e.g. divide 0-255 by 255"
+            )
         rows.append(row)
-    return np.stack(rows) if rows else np.zeros((0, SIDE * SIDE), np.float32)
+    return np.stack(rows)
+
+
+def _refused(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _present(value: Any) -> bool:
@@ -99,6 +124,24 @@ with warnings.catch_warnings():
             )
 
 
+def viewed_grey(path: Path) -> np.ndarray:
+    """The image as a viewer shows it, in grey levels [0, 1]: turned by its EXIF orientation (phone photos),
+    transparent parts on white, any bit depth (16-bit greys scaled, not clipped) and colour mode."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        opened.load()
+        image = ImageOps.exif_transpose(opened)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit integer or float greys
+        values = np.asarray(image, dtype=np.float64)
+        full = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return np.clip(values / (1.0 if image.mode == "F" and values.max() <= 1 else full), 0, 1).astype(np.float32)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB").convert("L"), dtype=np.float32) / 255.0
+
+
 def to_mnist(path: Path, invert: str = "auto") -> np.ndarray:
     """An image file as MNIST made its digits: grey, digit white on black, fitted into 20 x 20,
     centred by its centre of mass in 28 x 28, scaled to [0, 1]; returns 784 float32 values.
@@ -109,13 +152,8 @@ def to_mnist(path: Path, invert: str = "auto") -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA") or "transparency" in image.info:
-                white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(white, image.convert("RGBA"))
-            grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
+        grey = viewed_grey(path)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise PipelineError(f"{path} is not an image Pillow can read (PNG or JPEG): {err}") from err
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if invert == "true" or (invert == "auto" and border.mean() >= 0.5):

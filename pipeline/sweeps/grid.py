@@ -12,6 +12,8 @@ command line's single-valued overrides. The `grid` sweeper plugin
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import resolve_path
+
+log = logging.getLogger(__name__)
 
 GRID_SWEEPERS = ("GridSweeper", "BasicSweeper")
 
@@ -105,3 +109,23 @@ def sweep_listed_jobs(sweeper: Any, jobs: list[list[str]]) -> Any:
     for result in results:
         _ = result.return_value  # a failed job raises here, as in the basic sweeper
     return [results]
+
+
+def launched(sweep: Any) -> Any:
+    """Run a sweeper's `sweep()`; a launcher that breaks (a job's process killed: SIGKILL, OOM) stops it in one line.
+
+    The parent run then ends KILLED (its exit handler), the runs of dead processes are closed
+    KILLED by the next command, and compare refuses the unfinished sweep.
+    """
+    try:
+        return sweep()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. joblib's TerminatedWorkerError, with a 37-line traceback
+        log.error(
+            "The sweep stopped: its launcher failed (%s: %s). A job's process died (SIGKILL, OOM or a crash?); "
+            "the sweep's runs end KILLED and compare names no winner. Rerun the sweep.",
+            type(err).__name__,
+            str(err).strip().splitlines()[0][:300] if str(err).strip() else "",
+        )
+        sys.exit(1)
