@@ -207,7 +207,9 @@ def test_concurrent_stages_on_a_fresh_store_never_crash(tiny_data_cfg):
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(o[-1500:] for o in outputs)
     _, runs = store(cfg)
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3, "\n".join(
+        line for o in outputs for line in o.splitlines() if "ERROR" in line or "WARNING" in line
+    )
 
 
 def test_ctrl_c_is_one_line(tiny_data_cfg):

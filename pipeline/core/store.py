@@ -205,6 +205,9 @@ def close_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
     ):
         if process_alive(run.data.tags):
             continue
+        # The process is gone, so its last writes are in: a run it ended meanwhile is not an orphan.
+        if client.get_run(run.info.run_id).info.status != "RUNNING":
+            continue
         pid = run.data.tags.get(PID_TAG)
         reason = f"killed: process {pid} on {host} ended without closing this run (SIGKILL, OOM or a crash)"
         with contextlib.suppress(Exception):

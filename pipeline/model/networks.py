@@ -68,7 +68,9 @@ def build_model(cfg: DictConfig, input_dim: int = 784, num_classes: int = 10) ->
         )
     args = {"name": "model", **OmegaConf.to_container(cfg.model, resolve=True)}
     try:
-        return instantiate(args, image_shape=image_shape, num_classes=num_classes, seed=int(cfg.train.seed) * 100)
+        # 100 initialiser seeds per run seed, kept inside the uint32 range the initialisers take
+        seed = int(cfg.train.seed) * 100 % (2**32 - 1000)
+        return instantiate(args, image_shape=image_shape, num_classes=num_classes, seed=seed)
     except Exception as err:  # noqa: BLE001 - an unknown builder, argument or layer setting in the model file
         cause = err.__cause__ or err
         raise PipelineError(

@@ -138,14 +138,14 @@ class SweepCallback(Callback):
         for job, job_cfg in zip(jobs, compose_jobs(config, jobs), strict=True):
             task = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
             try:
-                check_buildable(prepare_config(task, job_cfg.hydra.runtime.choices))
-                check_batch_fits(task)
                 if int(task.train.seed) + seeds > 2**32:
                     last = int(task.train.seed) + seeds - 1
                     raise PipelineError(
                         f"train.seed={task.train.seed} with sweep.seeds={seeds} reaches seed {last}, beyond 2**32 - 1: "
                         f"every seed must be an integer in [0, 2**32). Fix it, e.g. train.seed=0"
                     )
+                check_buildable(prepare_config(task, job_cfg.hydra.runtime.choices))
+                check_batch_fits(task)
             except PipelineError as err:
                 raise PipelineError(f"Sweep job [{' '.join(job)}]: {err}") from err
         check_store_reachable_from_jobs(config)
