@@ -2,7 +2,7 @@
 # The same sweep on every engine: in-process, joblib, submitit_local, a tracking server,
 # submitit_local + the server. Prints each engine's exit status, wall time and test
 # accuracies (they should agree), then `pipeline.compare`'s winner.
-# Needs real MNIST in data/processed (run `dvc repro` first); ~7 min on 2 cores.
+# Needs real MNIST in data/processed (run `dvc repro` first).
 # Usage: benchmarks/engines.sh [sweep preset, default: optimizers]
 set -euo pipefail
 cd "$(dirname "$0")/.."

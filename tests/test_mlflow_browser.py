@@ -137,8 +137,12 @@ def choose_columns(page: Page) -> None:
 def show_loss_charts(page: Page, children: list[str]) -> None:
     """Chart view filtered to the loss metrics: curves for loss/val_loss, bars for test_loss."""
     page.locator("label").filter(has=page.locator('input[name="runs-view-mode"][value="CHART"]')).click()
-    expect(page.get_by_role("heading", name="loss", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    # The charts show the first 10 runs unless told otherwise (a real sweep has 36).
+    page.get_by_test_id("experiment-view-runs-visibility-column-header").click()
+    page.get_by_role("menuitem", name="Show all runs", exact=True).click()
+    # Charts render lazily, section by section (a real sweep's parent has a chart per cell aggregate): filter first.
     page.get_by_placeholder("Search metric charts").fill("loss")
+    expect(page.get_by_role("heading", name="loss", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
     cards = page.get_by_test_id("experiment-view-compare-runs-card")
     expect(cards).to_have_count(len(LOSS_CHARTS), timeout=UI_TIMEOUT_MS)
     for title in LOSS_CHARTS:
@@ -146,7 +150,7 @@ def show_loss_charts(page: Page, children: list[str]) -> None:
     curves = cards.filter(has=page.get_by_role("heading", name="val_loss", exact=True))
     expect(curves.locator("path.js-line").first).to_be_visible(timeout=UI_TIMEOUT_MS)
     bars = cards.filter(has=page.get_by_role("heading", name="test_loss", exact=True))
-    if len(children) <= SHOWN_CHILDREN:  # a tiny sweep: every run is a bar (the UI charts the first runs only)
+    if len(children) <= SHOWN_CHILDREN:  # a tiny sweep: every run is one bar
         expect(bars.locator(".barlayer .point")).to_have_count(len(children), timeout=UI_TIMEOUT_MS)
         for name in children:
             expect(bars.get_by_text(name, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
@@ -162,7 +166,7 @@ def choose_options(page: Page, field: Locator, names: list[str]) -> None:
     dropdown = page.locator('[class*="-select-dropdown"]', has=page.locator(f'[id="{listbox}"]'))
     active = dropdown.locator('[class*="-select-item-option-active"]')
     for name in names:
-        for _ in range(200):
+        for _ in range(1000):  # a real store lists a metric per cell aggregate
             if active.get_attribute("title") == name:
                 break
             page.keyboard.press("ArrowDown")
