@@ -138,8 +138,9 @@ def show_loss_charts(page: Page, children: list[str]) -> None:
     """Chart view filtered to the loss metrics: curves for loss/val_loss, bars for test_loss."""
     page.locator("label").filter(has=page.locator('input[name="runs-view-mode"][value="CHART"]')).click()
     # The charts show the first 10 runs unless told otherwise (a real sweep has 36).
+    expect(page.get_by_placeholder("Search metric charts")).to_be_visible(timeout=UI_TIMEOUT_MS)
     page.get_by_test_id("experiment-view-runs-visibility-column-header").click()
-    page.get_by_role("menuitem", name="Show all runs", exact=True).click()
+    page.get_by_role("menuitemradio").filter(has_text="Show all runs").click()
     # Charts render lazily, section by section (a real sweep's parent has a chart per cell aggregate): filter first.
     page.get_by_placeholder("Search metric charts").fill("loss")
     expect(page.get_by_role("heading", name="loss", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
@@ -213,7 +214,7 @@ def show_parallel_coordinates(page: Page, children: list[str], accuracies: list[
     else:  # a real sweep: the last axis spans the runs' test accuracies, so it tells the cells apart
         last_axis = plot.locator("svg g.dimension").last.locator("g.tick text")
         expect(last_axis.first).to_be_visible(timeout=UI_TIMEOUT_MS)
-        ticks = [float(t) for t in last_axis.all_inner_texts() if t.strip()]
+        ticks = [float(t) for t in last_axis.all_text_contents() if t.strip()]
         assert len(ticks) >= 3 and min(ticks) <= sorted(accuracies)[len(accuracies) // 2] <= max(ticks), ticks
 
 
