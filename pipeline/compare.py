@@ -1,7 +1,7 @@
 """Compare stage: summarise one finished sweep, noise-aware, into tables, plots and the champion.
 
 Which sweep: `compare.parent_run_id=<id>` names one; run by DVC (the compare stage) it is
-the sweep stage's (`<mlruns_dir>/sweeps/sweep.json`); by hand, the sweep started last in
+the sweep stage's (`<mlruns_dir>/stages/sweep.json`); by hand, the sweep started last in
 this project. A sweep that did not finish is refused: no winner from a partial sweep.
 It writes `<reports_dir>/sweep/` as one unit (all files new, or all as they were):
 

@@ -2,7 +2,7 @@
 
 `python -m pipeline.sweep [overrides]` is a Hydra multirun (`-m` is implied) of
 `pipeline.sweeps.jobs.run_sweep_job` under one parent run (`pipeline.sweeps.callback`).
-Run by DVC, it also writes the sweep stage's record (`<mlruns_dir>/sweeps/sweep.json`),
+Run by DVC, it also writes the sweep stage's record (`<mlruns_dir>/stages/sweep.json`),
 which the compare stage compares; a sweep run by hand writes only its own record.
 """
 

@@ -370,3 +370,28 @@ def test_a_killed_worker_stops_the_sweep_in_one_line_and_compare_refuses_it(tiny
     assert result.returncode == 1 and "names no winner" in result.stdout + result.stderr
     _, runs = store(cfg)
     assert "RUNNING" not in {r.info.status for r in runs}, "compare's start closed what the dead processes left"
+
+
+def test_a_full_artifact_store_fails_the_run_and_keeps_the_previous_model(tiny_data_cfg, tmp_path):
+    """A real 300 KB tmpfs over the artifact store: logging the model fails; the model, curves and run stay."""
+    cfg = tiny_data_cfg()
+    train(cfg)
+    evaluate(cfg)
+    outputs = project_paths(cfg).stage_outputs
+    good = {path: path.read_bytes() for path in (outputs.model, outputs.history)}
+    artifacts = project_paths(cfg).store_artifacts
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(artifacts)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root")
+    try:
+        cfg.train.seed = 1  # another model, which cannot be recorded
+        with pytest.raises(OSError, match="No space left on device"):
+            train(cfg)
+        assert {path: path.read_bytes() for path in good} == good, "the previous model and curves are still there"
+        assert not [p for p in outputs.model.parent.iterdir() if p.name.startswith(".")], "no temporary files left"
+        _, runs = store(cfg)
+        assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+        (finished,) = [r for r in runs if r.info.status == "FINISHED"]
+        assert finished.data.tags["model.sha256"] == sha256_file(outputs.model), "the files' run is the good one"
+    finally:
+        subprocess.run(["umount", str(artifacts)], check=True)

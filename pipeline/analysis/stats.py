@@ -80,7 +80,7 @@ def aggregate(table: pd.DataFrame, metric: str = "test_accuracy", select: str = 
                 val_mean=float(group[select].mean()),
             )
         )
-    return sorted(cells, key=lambda c: (-c.val_mean, -c.mean, c.cell))
+    return sorted(cells, key=lambda c: (-c.val_mean, c.cell))  # ties on validation by name, never by test
 
 
 def welch_p(a: np.ndarray, b: np.ndarray) -> float | None:

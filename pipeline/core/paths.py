@@ -154,7 +154,12 @@ class Paths:
 
     @property
     def store_artifacts(self) -> Path:
-        return self.mlruns_dir / "artifacts"
+        return self.artifacts_beside(self.store_db)
+
+    @staticmethod
+    def artifacts_beside(db: Path) -> Path:
+        """Where the artifacts of a SQLite store go: beside its file."""
+        return db.parent / "artifacts"
 
     def unlogged(self, run_id: str) -> Path:
         """Per-epoch metrics of a run whose tracking server vanished, kept for `python -m pipeline.records`."""

@@ -30,13 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import env
 from pipeline.core.errors import PipelineError, RunStopped, Terminated, raise_terminated
-from pipeline.core.paths import find_project_root, project_paths
+from pipeline.core.paths import Paths, find_project_root, project_paths
 
 log = logging.getLogger(__name__)
 
 # Tag that makes the MLflow 3 UI open the experiment on its training-runs table.
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-SWEEP_ROLE_TAG = "mnist_pipeline.role"  # "sweep" on a sweep's parent run
 HOST_TAG, PID_TAG, PROCESS_START_TAG = "host", "process.pid", "process.start"
 # Config groups whose values are the run's hyperparameters.
 PARAM_GROUPS = ("model", "optimizer", "train", "split")
@@ -134,7 +133,7 @@ def setup_tracking(cfg: DictConfig) -> str:
                 f"Cannot create the MLflow store at {db.parent} ({err.strerror or err}). "
                 "Set paths.mlruns_dir to a writable folder, or MLFLOW_TRACKING_URI to another store."
             ) from err
-        artifact_location = (db.parent / "artifacts").as_uri()
+        artifact_location = Paths.artifacts_beside(db).as_uri()
         lock = store_lock(db.parent)
     use_store(uri)
     name = cfg.tracking.experiment

@@ -101,9 +101,9 @@ def performance(root: Path) -> str:
 
     ratios = [
         f"- fit: **{r['fit']:.2f}x** the script's cold, {r['fit_warm']:.2f}x warm ({goal(r['fit'], g['fit_ratio'])}); "
-        f"warm, {r['fit_vs_floor']:.2f}x the floor of {floor['seconds']:.2f} s, the matmuls training does "
-        f"({floor['train_mflop_per_sample']:.2f} MFLOP a training sample and the validation passes) at "
-        f"{floor['gflops']:.0f} GFLOP/s numpy float32, timed in the same run",
+        f"warm, {r['fit_vs_floor']:.2f}x the {floor['seconds']:.2f} s numpy float32 needs, in the same run, for the "
+        f"matmuls this training does ({floor['train_mflop_per_sample']:.2f} MFLOP a training sample plus the "
+        f"validation passes, {floor['gflops']:.0f} GFLOP/s; XLA's fused program can beat it)",
         f"- whole process: **{r['process']:.2f}x** cold, {r['process_warm']:.2f}x warm "
         f"({goal(r['process'], g['process_ratio'])}); peak memory {r['peak']:.2f}x the script's",
         f"- accuracy: mean of {v['pipeline-warm']['n']} seeds {r['accuracy_gap']:+.4f} against the script's "

@@ -316,7 +316,7 @@ def main() -> None:
     if "--check" in sys.argv[1:]:
         if target.read_text() != text:
             print(
-                f"{target} is not what pipeline/stages.py derives: run python -m pipeline.project.stages",
+                f"{target} is not what pipeline/project/stages.py derives: run python -m pipeline.project.stages",
                 file=sys.stderr,
             )
             sys.exit(1)
