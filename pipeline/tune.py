@@ -110,8 +110,9 @@ def compare_views(paths: Paths) -> dict:
     for view, summary in (("default", default), ("tuned", tuned)):
         if summary is None:
             continue
-        for cell in summary["cells"]:
-            entry = cells.setdefault(cell["cell"], {"optimizer": cell["optimizer"], "batch_size": cell["batch_size"]})
+        for cell in summary["cells"]:  # the tuned cells' names carry their chosen factor (`-lrx3.0`): not a cell key
+            name = f"{cell['optimizer']}-bs{cell['batch_size']}"
+            entry = cells.setdefault(name, {"optimizer": cell["optimizer"], "batch_size": cell["batch_size"]})
             entry[view] = {"mean": cell["mean"], "ci95": cell["ci95"], "n": cell["n"]}
     for name, chosen in choice.items():
         cells.setdefault(name, {})["chosen"] = {k: chosen[k] for k in ("lr_factor", "learning_rate")}

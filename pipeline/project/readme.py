@@ -155,8 +155,9 @@ def tuned_comparison(root: Path) -> str:
     return (
         "| cell | default rate: mean [95 % CI] | tuned rate (x default) | tuned: mean [95 % CI] | change |\n"
         "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        f"Default rates: best mean {d['winner']}, tied with it: {', '.join(d['tied_with']) or 'none'}. "
-        f"Tuned rates: best mean {t['winner']}, tied with it: {', '.join(t['tied_with']) or 'none'}.\n"
+        f"Default rates: the winner (chosen on validation) is {d['winner']}; not shown to differ from it: "
+        f"{', '.join(d['tied_with']) or 'none'}. Tuned rates: the winner is {t['winner']}; not shown to differ "
+        f"from it: {', '.join(t['tied_with']) or 'none'}.\n"
     )
 
 
