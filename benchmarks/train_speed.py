@@ -13,6 +13,7 @@ process, as a user runs it, interleaved (A B C D A B C D ...):
   pipeline-cold   `python -m pipeline.experiment` (train + evaluate, MLflow tracking and model
                   logging on; JAX backend) with an empty JAX compilation cache: compiling included
   pipeline-warm   the same again with the cache the cold run filled (what later runs see)
+  pipeline-no-sysmetrics   warm, without MLflow's system metrics (what recording them costs)
   pipeline-tf     the same with `train.backend=tensorflow`
 
 For each: the fit seconds (the training loop with its validation passes; compilation
@@ -255,7 +256,9 @@ def main() -> None:
         sys.exit(f"no processed MNIST under {processed}: run `dvc repro` (or download and preprocess) first")
     sizes = {name: int(np.load(processed / f"{name}.npz")["y"].shape[0]) for name in ("train", "val")}
     short = [f"train.epochs={epochs}"]
-    results: dict[str, list[dict]] = {"script": [], "pipeline-cold": [], "pipeline-warm": [], "pipeline-tf": []}
+    results: dict[str, list[dict]] = {
+        "script": [], "pipeline-cold": [], "pipeline-warm": [], "pipeline-no-sysmetrics": [], "pipeline-tf": []
+    }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         for i in range(rounds):
@@ -263,6 +266,8 @@ def main() -> None:
             results["script"].append(seed_script(processed, epochs, work, seed=i))
             for variant, name in (("pipeline-cold", f"cold{i}"), ("pipeline-warm", f"warm{i}")):
                 results[variant].append(pipeline_run(args.root, work, name, [f"train.seed={i}", cache, *short]))
+            quiet = [f"train.seed={i}", cache, "tracking.system_metrics=false", *short]  # what system metrics cost
+            results["pipeline-no-sysmetrics"].append(pipeline_run(args.root, work, f"quiet{i}", quiet))
             tf = ["train.backend=tensorflow", f"train.seed={i}", *short]
             results["pipeline-tf"].append(pipeline_run(args.root, work, f"tf{i}", tf))
             print(f"round {i + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]['fit']:.1f} s" for k, v in results.items()))
@@ -292,6 +297,7 @@ def main() -> None:
             "overhead_per_run_s": (swept["wall"] - swept["fit_sum"]) / max(1, swept["runs"]),
             "accuracy_gap": warm["accuracy"] - script["accuracy"],
             "fit_vs_floor": warm["fit"] / floor["seconds"],
+            "system_metrics_s": warm["process"] - means["pipeline-no-sysmetrics"]["process"],
             "tf_fit": means["pipeline-tf"]["fit"] / script["fit"],
             "tf_process": means["pipeline-tf"]["process"] / script["process"],
         },

@@ -9,8 +9,10 @@ It writes `<reports_dir>/sweep/` as one unit (all files new, or all as they were
 - `cells.csv`, `pivot.csv`: per cell over seeds: n, mean, std and 95 % interval of the
   test accuracy, the mean validation accuracy, the verdict (pivot: the means);
 - `summary.json` (a DVC metric): the cells, the `winner` (chosen on validation), each
-  cell's comparison with it (`pipeline.analysis.stats`), the `answer`, the machine;
-- `curves.csv`, `cell_curves.csv` (for `dvc plots`), `curves.png`, `heatmap.png`.
+  cell's comparison with it (`pipeline.analysis.stats`), each cell's time to the
+  `compare.target` validation accuracy and the fastest cell, the `answer`, the machine;
+- `curves.csv`, `cell_curves.csv` (for `dvc plots`), `curves.png`, `heatmap.png`;
+- `report.html`: all of it as one self-contained page (`pipeline.analysis.report`).
 
 The parent run gets all of these under `comparison/`, plus what is not a DVC output
 (run ids, timings, `accuracy_vs_time.png`), the aggregates as metrics, and the
@@ -22,13 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.analysis import plots, summary
+from pipeline.analysis import plots, report, summary
 from pipeline.analysis.stats import NOT_SHOWN, Cell, aggregate, compare_with_winner
 from pipeline.core.app import stage_main
 from pipeline.core.env import DVC_STAGE
@@ -97,8 +100,10 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         correct = summary.load_correctness(client, table, Path(tmp))
     comparisons = compare_with_winner(table, cells, alpha, correct or None)
-    text = summary.answer(cells, comparisons, alpha, paired=bool(correct))
-    frame = summary.cells_frame(cells, comparisons)
+    target = float(cfg.compare.target)
+    times = summary.time_to_target(table, target)
+    text = summary.answer(cells, comparisons, alpha, paired=bool(correct)) + " " + summary.target_answer(times, target)
+    frame = summary.cells_frame(cells, comparisons, times)
     mean_curves = summary.cell_curves(curves, table)
     finished = int((table["status"] == "FINISHED").sum())
     tags = parent.data.tags
@@ -118,6 +123,10 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         "winner": cells[0].as_dict() if cells else None,
         "comparisons": comparisons,
         "tied_with": [c for c in comparisons if c["verdict"] == NOT_SHOWN],
+        # Time to result: when each cell's seeds first reached `target` validation accuracy (median, share).
+        "target": target,
+        "time_to_target": times,
+        "fastest_to_target": summary.fastest_to_target(times),
         "answer": text,
         # The same per cell as a mapping: `dvc metrics show` shows mappings, not lists.
         "by_cell": {
@@ -143,6 +152,11 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         )
     paths = project_paths(cfg)
     published = table[summary.RUN_COLUMNS]
+    figures = Path(tempfile.mkdtemp(prefix=".compare-"))  # drawn once: written as files and inlined in the page
+    plots.plot_curves(mean_curves, figures / "curves.png")
+    plots.plot_heatmap(frame, figures / "heatmap.png")
+    settings = {"sweep.overrides": tags.get("sweep.overrides", ""), "sweep.launcher": tags.get("sweep.launcher", "")}
+    page = report.render(result, frame, figures / "heatmap.png", figures / "curves.png", settings)
     writers = {
         "runs.csv": lambda p: write_text(p, published.to_csv(index=False)),
         "cells.csv": lambda p: write_text(p, frame.to_csv(index=False)),
@@ -150,12 +164,16 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         "curves.csv": lambda p: write_text(p, curves.drop(columns=["run_id", "epoch_seconds"]).to_csv(index=False)),
         "cell_curves.csv": lambda p: write_text(p, mean_curves.to_csv(index=False)),
         "runs.md": lambda p: write_text(p, summary.markdown(table, frame, text)),
-        "curves.png": lambda p: plots.plot_curves(mean_curves, p),
-        "heatmap.png": lambda p: plots.plot_heatmap(frame, p),
+        "curves.png": lambda p: shutil.copyfile(figures / "curves.png", p),
+        "heatmap.png": lambda p: shutil.copyfile(figures / "heatmap.png", p),
+        "report.html": lambda p: write_text(p, page),
         "summary.json": lambda p: write_json(p, result),
     }
     assert set(writers) == set(SWEEP_REPORTS)
-    write_together({paths.sweep_report(name): write for name, write in writers.items()})
+    try:
+        write_together({paths.sweep_report(name): write for name, write in writers.items()})
+    finally:
+        shutil.rmtree(figures, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         extra = {
             "run_ids.csv": lambda p: write_text(p, table[["run_name", "run_id", "cell", "status"]].to_csv(index=False)),

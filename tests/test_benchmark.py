@@ -24,11 +24,23 @@ def test_quick_benchmark_prints_the_ratios(tiny_data_cfg, tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for variant in ("| script |", "| pipeline-cold |", "| pipeline-warm |", "| pipeline-tf |"):
+    for variant in (
+        "| script |",
+        "| pipeline-cold |",
+        "| pipeline-warm |",
+        "| pipeline-no-sysmetrics |",
+        "| pipeline-tf |",
+    ):
         assert variant in result.stdout
     assert "fit / script fit" in result.stdout and "overhead per run" in result.stdout
     data = json.loads(out.read_text())
-    assert set(data["variants"]) == {"script", "pipeline-cold", "pipeline-warm", "pipeline-tf"}
+    assert set(data["variants"]) == {
+        "script",
+        "pipeline-cold",
+        "pipeline-warm",
+        "pipeline-no-sysmetrics",
+        "pipeline-tf",
+    }
     assert all(v["fit"] > 0 and v["process"] > v["fit"] and 0 <= v["accuracy"] <= 1 for v in data["variants"].values())
     assert data["sweep"]["runs"] == data["sweep"]["finished"] == 2
     assert data["floor"]["gflops"] > 0 and data["floor"]["train_mflop_per_sample"] == pytest.approx(1.64, abs=0.01)

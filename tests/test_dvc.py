@@ -32,7 +32,6 @@ EXPECTED_STALE = {
     "hydra_plugins/": EVERY_STAGE,  # Hydra imports the plugin package whenever it starts
     "pipeline/__init__.py": EVERY_STAGE,
     "pipeline/core/": EVERY_STAGE,  # the foundations
-    "pipeline/core/app.py": EVERY_STAGE - {"compose"},  # the entry point of every stage but DVC's composition
     "pipeline/core/store.py": TRAINED | {"compare"},  # the MLflow store
     "pipeline/compose.py": {"compose"},
     "pipeline/download.py": {"download"},
@@ -50,7 +49,8 @@ EXPECTED_STALE = {
     "pipeline/data/": {"download", "preprocess"} | TRAINED,
     "pipeline/data/sources.py": {"download", "preprocess"},  # mirrors and raw formats
     "pipeline/data/splits.py": {"preprocess"} | TRAINED,  # features and processed splits
-    "pipeline/model/": TRAINED,
+    "pipeline/model/": TRAINED | {"compose"},  # compose builds the model and optimizer to check the settings
+    "pipeline/model/serving.py": TRAINED,  # the served model, logged by training runs
     "pipeline/training/": TRAINED,  # the training loop, the runner and what a run records
     "pipeline/sweeps/": {"sweep"},
     "pipeline/sweeps/__init__.py": {"sweep", "compare"},
@@ -126,7 +126,7 @@ def make_repo(tmp_path: Path) -> tuple[Path, dict]:
     shutil.copy(PACKAGE_CHECKOUT / ".dvc/config", repo / ".dvc/config")  # Hydra composition on
     shutil.copytree(PACKAGE_CHECKOUT / ".dvc/plots", repo / ".dvc/plots")
     (repo / ".gitignore").write_text("/mlruns/\n/logs/\n__pycache__/\n")
-    sh("python", "-m", "pipeline.core.dvcparams", cwd=repo, env=env)  # params.yaml for the tiny config
+    sh("python", "-m", "pipeline.compose", cwd=repo, env=env)  # params.yaml for the tiny config
     sh("python", "-m", "pipeline.project.stages", cwd=repo, env=env)
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "tiny", cwd=repo, env=env)

@@ -44,7 +44,7 @@ CHROMIUM_ARGS = [
 ]
 TABLE_COLUMNS = ["optimizer.name", "train.batch_size", "val_loss", "test_accuracy"]
 HIDDEN_COLUMNS = ["Dataset", "Source", "Models"]
-LOSS_CHARTS = ["loss", "val_loss", "test_loss"]
+LOSS_CHARTS = ["loss", "val_loss", "test_loss", "step_val_loss", "final_val_loss"]
 PARALLEL_PARAMS = ["optimizer.name", "train.batch_size"]
 PARALLEL_METRIC = "test_accuracy"
 # Screenshots go to the test's own folder; MNIST_PIPELINE_SCREENSHOTS=reports/ui refreshes the README's.
@@ -251,5 +251,39 @@ def test_browser_shows_sweep_runs_and_their_charts(tiny_data_cfg, tmp_path):
             page.screenshot(path=screenshots / "mlflow_charts.png")
             show_parallel_coordinates(page, children, accuracies)
             page.screenshot(path=screenshots / "mlflow_parallel.png")
+        finally:
+            browser.close()
+
+
+def test_the_sweep_report_is_one_self_contained_page(tiny_data_cfg):
+    """reports/sweep/report.html: the verdict and the cells table on the page, images inline, nothing fetched."""
+    require_browser()
+    from pipeline.compare import compare_sweep
+
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    run_module("pipeline.experiment", "-m", f"paths.root={root}", "train.epochs=1", "sweep=none",
+               "optimizer=sgd,adam", "sweep.seeds=2")  # fmt: skip
+    result = compare_sweep(cfg)
+    page_file = root / "reports" / "sweep" / "report.html"
+    text = page_file.read_text()
+    assert "http://" not in text and "https://" not in text, "self-contained: nothing to fetch"
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    assert "comparison/report.html" in {a.path for a in client.list_artifacts(result["parent_run_id"], "comparison")}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_file.as_uri())
+            expect(page.locator("#answer")).to_contain_text(f"Chosen on validation: {result['winner']['cell']}")
+            rows = page.locator("table").first.locator("tbody tr")
+            expect(rows).to_have_count(len(result["cells"]))
+            for cell in result["cells"]:
+                expect(page.locator("table").first).to_contain_text(cell["cell"])
+            assert page.locator("img").count() == 2
+            assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+            assert all(url.startswith(("file:", "data:")) for url in requests), requests
         finally:
             browser.close()

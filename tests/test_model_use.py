@@ -186,6 +186,20 @@ def test_serving_scores_two_images_over_rest(sweep_store, tmp_path):
         local = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"pixels": [test.x[i].tolist() for i in (0, 1)]}))
         assert [p["digit"] for p in predictions] == list(local["digit"])
         assert all(0 < p["probability"] <= 1 for p in predictions)
+        two = [test.x[i].reshape(28, 28).tolist() for i in (0, 1)]
+        formats = {  # the scoring protocol's column forms, with images or rows
+            "dataframe_split": {"dataframe_split": {"columns": ["image"], "data": [[image] for image in two]}},
+            "dataframe_split rows": {
+                "dataframe_split": {"columns": ["pixels"], "data": [[test.x[i].tolist()] for i in (0, 1)]}
+            },
+        }
+        for name, body in formats.items():
+            answered = http_post_json(f"http://127.0.0.1:{port}/invocations", body, timeout=30)["predictions"]
+            assert [p["digit"] for p in answered] == [p["digit"] for p in predictions], name
+        from mlflow.models import validate_serving_input
+
+        example = Path(mlflow.artifacts.download_artifacts(f"{uri}/serving_input_example.json")).read_text()
+        assert len(validate_serving_input(uri, example)) == 1, "the logged input example is a valid request"
         image = test.x[0].reshape(28, 28).tolist()
         bad = {
             "misspelt field": ([{"images": image}], "no record holds `image`"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import compose_config
@@ -43,7 +44,7 @@ def test_cnn_from_its_config_file_reaches_0985(real_cfg):
     """`model=cnn` (conf/model/cnn.yaml): a network brought as one YAML file, through the same runner."""
     from pipeline.training.runner import run_experiment
 
-    cfg = compose_config(real_cfg.paths.root, "model=cnn")
+    cfg = compose_config(Path(real_cfg.paths.root), "model=cnn")
     download_dataset(cfg)
     preprocess_dataset(cfg)
     metrics = run_experiment(cfg)

@@ -243,7 +243,7 @@ def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_c
     assert "stopped answering" in output and "python -m pipeline.records" in output
     kept = next((project_paths(cfg).mlruns_dir / "unlogged").glob("*.json"))
     with mlflow_service("server", *args, port=port) as base:  # back at the same address: log the kept epochs
-        result = run_module("pipeline.training.records", str(kept))
+        result = run_module("pipeline.records", str(kept))
         assert result.returncode == 0, result.stdout + result.stderr
         client = MlflowClient(tracking_uri=base)
         run = client.get_run(kept.stem)

@@ -82,7 +82,7 @@ def test_sweep_against_a_tracking_server(tiny_data_cfg, server):
     _, body = http_get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={parent['info']['run_id']}&path=comparison")
     logged = {f["path"] for f in json.loads(body)["files"]}
     assert {"comparison/runs.md", "comparison/heatmap.png", "comparison/summary.json"} <= logged
-    assert not (root / "mlruns").exists(), "nothing went to the local SQLite store"
+    assert not (root / "mlruns" / "mlflow.db").exists(), "nothing went to the local SQLite store"
 
 
 @pytest.mark.slow

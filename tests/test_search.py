@@ -66,3 +66,76 @@ def test_hopeless_trial_is_pruned(tmp_path):
     with pytest.raises(Pruned, match="pruned at epoch 1"):
         TrialReporter(hopeless)({"epoch": 1, "val_accuracy": 0.1})
     assert study._storage.get_trial(hopeless._trial_id).user_attrs["pruned_at_epoch"] == 1
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes"])
+def test_every_sampler_of_the_official_plugins_config_searches(tiny_data_cfg, sampler):
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    space = (
+        [
+            "~hydra.sweeper.params",
+            "+hydra.sweeper.params={optimizer: 'choice(sgd, adam)', train.batch_size: 'choice(32, 64)'}",
+        ]
+        if sampler == "grid"  # a grid is choices only
+        else []
+    )
+    name = f"hydra.sweeper.study_name={sampler}"
+    search(root, f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.sampler.seed=1", name, *space)
+    study = optuna.load_study(study_name=sampler, storage=f"sqlite:///{root / 'mlruns' / 'optuna.db'}")
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    (parent,) = [
+        r for r in client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+        if r.data.tags.get("optuna.study") == sampler
+    ]  # fmt: skip
+    expected = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "cmaes": "CmaEsSampler"}
+    assert parent.data.tags["optuna.sampler"] == expected[sampler] and len(study.trials) == 4
+    if sampler == "grid":
+        assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4, "the 2 x 2 grid, each point once"
+
+
+def test_a_search_minimises_validation_loss_with_a_hyperband_pruner(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    search(root, "optimized_metric=val_loss", "hydra.sweeper.direction=minimize", "hydra/sweeper/pruner=hyperband",
+           "hydra.sweeper.study_name=loss")  # fmt: skip
+    study = optuna.load_study(study_name="loss", storage=f"sqlite:///{root / 'mlruns' / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    (parent,) = [
+        r for r in client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+        if r.data.tags.get(SWEEP_ROLE_TAG) == "sweep"
+    ]  # fmt: skip
+    assert parent.data.tags["optuna.pruner"] == "HyperbandPruner" and parent.data.tags["optuna.direction"] == "minimize"
+    losses = {}
+    for run in client.search_runs([client.get_experiment_by_name("mnist").experiment_id]):
+        if run.info.status == "FINISHED" and "mlflow.parentRunId" in run.data.tags:
+            losses[int(run.info.run_name.split("-")[0][1:])] = run.data.metrics["val_loss"]
+    values = {t.number: t.value for t in study.trials if t.value is not None}
+    assert values and all(values[n] == pytest.approx(losses[n]) for n in values), "each trial told its val_loss"
+    refused = run_module(
+        "pipeline.experiment", "-m", f"paths.root={root}", "hydra/sweeper=optuna", "optimized_metric=val_loss",
+    )  # fmt: skip
+    assert refused.returncode == 1 and "wants direction=minimize" in refused.stdout + refused.stderr
+
+
+def test_a_lightning_hydra_template_search_file_runs_unchanged(tiny_data_cfg):
+    """conf/hparams_search/mnist_optuna.yaml: the template's file, only its parameter names changed."""
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    result = run_module(
+        "pipeline.experiment",
+        f"paths.root={root}",
+        "hparams_search=mnist_optuna",
+        "hydra.sweeper.n_trials=2",
+        "train.epochs=1",
+    )  # fmt: skip  (no -m: the file sets hydra.mode=MULTIRUN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get(SWEEP_ROLE_TAG) == "sweep"]
+    assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper" and parent.data.tags["optuna.study"].startswith(
+        "search-"
+    )
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(r.data.params["train.batch_size"] in {"32", "64", "128", "256"} for r in children)

@@ -258,3 +258,23 @@ def test_compare_replaces_every_report_or_none(tiny_data_cfg):
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == {k: v for k, v in before.items() if k != "heatmap.png"}, "all old, none of the new sweep"
     assert sorted(p.name for p in out.iterdir()) == sorted(before), "no temporary files left"
+
+
+def test_compare_states_both_answers_best_at_the_budget_and_fastest_to_the_target(tiny_data_cfg):
+    cfg = tiny_data_cfg("compare.target=0.5")
+    root = Path(cfg.paths.root)
+    run_sweep(root, "optimizer=sgd,adam", "sweep.seeds=2", "compare.target=0.5")
+    summary = compare_sweep(cfg)
+    times = summary["time_to_target"]
+    assert set(times) == {"sgd-bs128", "adam-bs128"} and all(t["runs"] == 2 for t in times.values())
+    table = summary["table"]
+    for cell, t in times.items():
+        rows = table[table["cell"] == cell]
+        assert t["reached"] == int(rows["target_reached"].sum()) and t["share"] == t["reached"] / 2
+        if t["reached"] == 2:
+            assert t["median_steps"] == pytest.approx(rows["target_steps"].median())
+    fastest = summary["fastest_to_target"]
+    assert fastest in times and f"Fastest to 0.5 validation accuracy: {fastest}" in summary["answer"]
+    assert "Chosen on validation" in summary["answer"], "both answers"
+    with pytest.raises(PipelineError, match=r"compare.target=0.9, but runs .* recorded their time to 0.5"):
+        compare_sweep(tiny_data_cfg("compare.target=0.9"))

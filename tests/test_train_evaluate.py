@@ -219,3 +219,64 @@ def test_the_jax_training_loop_matches_keras_fit(tiny_data_cfg):
     ).history  # fmt: skip
     for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert ours[name] == pytest.approx(keras_fit[name][0], abs=1e-4), name
+
+
+def test_a_run_records_when_it_first_reached_the_target_or_that_it_never_did(tiny_data_cfg):
+    """Validation 4 times an epoch; the first evaluation at or above compare.target gives steps, samples, time."""
+    from pipeline.training.loop import time_to_target
+
+    cfg = tiny_data_cfg("train.epochs=2", "compare.target=0.5")  # 360 images, batch 32: 12 steps an epoch
+    run_id = run_experiment(cfg)["run_id"]
+    client = client_for(cfg)
+    run = client.get_run(run_id)
+    steps = [m.step for m in client.get_metric_history(run_id, "step_val_accuracy")]
+    assert steps == [3, 6, 9, 12, 15, 18, 21, 24], "every 3 steps: a quarter of an epoch"
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "step_val_accuracy")}
+    first = min(s for s, v in history.items() if v >= 0.5)
+    assert run.data.tags["target.reached"] == "true" and run.data.tags["target.value"] == "0.5"
+    assert run.data.metrics["target.steps"] == first
+    epochs_done, into = divmod(first, 12)
+    assert run.data.metrics["target.samples"] == 360 * epochs_done + min(into * 32, 360)
+    assert run.data.metrics["target.epochs"] == pytest.approx(first / 12)
+    assert 0 < run.data.metrics["target.train_seconds"] <= run.data.metrics["train_seconds"]
+
+    never = tiny_data_cfg("optimizer=sgd", "optimizer.learning_rate=0.0001", "train.epochs=1", "compare.target=1.0")
+    run = client_for(never).get_run(run_experiment(never)["run_id"])
+    assert run.data.tags["target.reached"] == "false"
+    assert not [k for k in run.data.metrics if k.startswith("target.")], "never reached: no number"
+    assert time_to_target([{"val_accuracy": 0.5, "step": 1}, {"val_accuracy": 0.97, "step": 2}], 0.97)["step"] == 2
+    assert time_to_target([{"val_accuracy": 0.5, "step": 1}], 0.97) is None
+
+
+def test_the_logged_model_carries_its_validation_and_test_metrics(trained):
+    """MLflow 3 logged models: the Models tab and search_logged_models rank a project's models by them."""
+    cfg, result, metrics = trained
+    use_store(tracking_uri(cfg))
+    run = client_for(cfg).get_run(trained_run_id(cfg))
+    ranked = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        order_by=[{"field_name": "metrics.test_accuracy", "ascending": False}],
+        output_format="list",
+    )
+    (model,) = ranked
+    linked = {m.key: m for m in model.metrics}
+    assert linked["test_accuracy"].value == pytest.approx(metrics["test_accuracy"])
+    assert linked["final_val_accuracy"].value == pytest.approx(result.history[-1]["val_accuracy"])
+    assert (
+        linked["test_accuracy"].dataset_name == "mnist-test"
+        and linked["final_val_accuracy"].dataset_name == "mnist-val"
+    )
+
+
+def test_training_runs_record_system_metrics(tiny_data_cfg, monkeypatch):
+    # The store samples once a second; a tiny run can finish within one second on a fast CPU,
+    # so this test samples ten times as often (only the interval changes, the monitor is real).
+    every_second = mlflow.set_system_metrics_sampling_interval
+    monkeypatch.setattr(mlflow, "set_system_metrics_sampling_interval", lambda _: every_second(0.1))
+    cfg = tiny_data_cfg("train.batch_size=4", "train.epochs=12")
+    run = client_for(cfg).get_run(run_experiment(cfg)["run_id"])
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    quiet = tiny_data_cfg("tracking.system_metrics=false")
+    assert not [
+        k for k in client_for(quiet).get_run(run_experiment(quiet)["run_id"]).data.metrics if k.startswith("system/")
+    ]

@@ -19,7 +19,10 @@ class GridSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.mnist_pipeline.sweepers.GridSweeper"
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="mnist_pipeline")
+# The default sweeper (`basic`, Hydra's own name, so that a search file's `override /hydra/sweeper: optuna`
+# wins over no override in conf/config.yaml) and `grid`: Hydra's basic sweeper plus the preset's grid.
+for name in ("basic", "grid"):
+    ConfigStore.instance().store(group="hydra/sweeper", name=name, node=GridSweeperConf, provider="mnist_pipeline")
 
 
 class GridSweeper(BasicSweeper):

@@ -31,6 +31,7 @@ RUN_COLUMNS = [
     "failure_reason",
 ]
 CURVE_METRICS = ("val_loss", "val_accuracy", "epoch_seconds")
+TARGET_KEYS = ("steps", "samples", "epochs", "train_seconds")
 CORRECT_ARTIFACT = "evaluation/test_correct.npz"  # which test images a run got right (packed bits)
 
 
@@ -60,6 +61,10 @@ def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
             "failure_reason": run.data.tags.get("failure_reason", ""),
         }
         row["cell"] = run.data.tags.get("sweep.cell") or f"{row['optimizer']}-bs{row['batch_size']}"
+        row["target"] = pd.to_numeric(run.data.tags.get("target.value"), errors="coerce")
+        row["target_reached"] = run.data.tags.get("target.reached") == "true"
+        for key in TARGET_KEYS:  # when the run first reached the target; NaN if never
+            row[f"target_{key}"] = metrics.get(f"target.{key}", np.nan)
         history = {
             name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)} for name in CURVE_METRICS
         }
@@ -91,12 +96,44 @@ def load_correctness(client: Any, table: pd.DataFrame, folder: Path) -> dict[str
     return correct
 
 
+def time_to_target(table: pd.DataFrame, target: float) -> dict[str, dict]:
+    """Per cell, over its finished runs: the share that reached `target` and the medians of when they did.
+
+    A run that never reached it counts as infinitely late (AlgoPerf's rule), so a median is
+    finite only when more than half the seeds reached the target. Runs trained for another
+    target are refused (their record answers another question).
+    """
+    done = table[table["status"] == "FINISHED"]
+    other = done[done["target"].notna() & (done["target"] != target)]
+    if len(other):
+        raise PipelineError(
+            f"compare.target={target:g}, but runs {', '.join(other['run_name'][:3])} recorded their time to "
+            f"{other['target'].iloc[0]:g}: compare with compare.target={other['target'].iloc[0]:g}, or rerun the sweep"
+        )
+    out = {}
+    for cell, group in done.groupby("cell", sort=False):
+        reached = group["target_reached"].to_numpy(dtype=bool)
+        entry = {"runs": len(group), "reached": int(reached.sum()), "share": float(reached.mean())}
+        for key in TARGET_KEYS:
+            values = np.where(reached, group[f"target_{key}"].to_numpy(dtype=float), np.inf)
+            median = float(np.median(values))
+            entry[f"median_{key}"] = median if np.isfinite(median) else None
+        out[str(cell)] = entry
+    return out
+
+
+def fastest_to_target(times: dict[str, dict]) -> str | None:
+    """The cell with the smallest median training time to the target (None if no cell's median is finite)."""
+    finite = {c: t["median_train_seconds"] for c, t in times.items() if t["median_train_seconds"] is not None}
+    return min(finite, key=lambda c: (finite[c], c)) if finite else None
+
+
 def row_label(cell: str, batch_size: str) -> str:
     """A cell's row in the optimizer x batch-size grid: its name without the batch size (`sgd-lr0.1`)."""
     return re.sub(rf"-bs{re.escape(str(batch_size))}(?=-|$)", "", cell, count=1)
 
 
-def cells_frame(cells: list[Cell], comparisons: list[dict]) -> pd.DataFrame:
+def cells_frame(cells: list[Cell], comparisons: list[dict], times: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per cell: n, test mean, std, interval, validation mean, the verdict and the corrected p-values."""
     by_cell = {c["cell"]: c for c in comparisons}
     rows = []
@@ -116,10 +153,14 @@ def cells_frame(cells: list[Cell], comparisons: list[dict]) -> pd.DataFrame:
                 "verdict": "winner (chosen on validation)" if i == 0 else compared.get("verdict", NOT_TESTABLE),
                 "p_welch_holm": compared.get("p_welch_holm"),
                 "p_paired_holm": compared.get("p_paired_holm"),
+                "target_share": (times or {}).get(c.cell, {}).get("share"),
+                "target_median_seconds": (times or {}).get(c.cell, {}).get("median_train_seconds"),
+                "target_median_steps": (times or {}).get(c.cell, {}).get("median_steps"),
             }
         )
     return pd.DataFrame(rows, columns=["cell", "optimizer", "batch_size", "n", "mean", "std", "ci95_low", "ci95_high",
-                                       "val_mean", "verdict", "p_welch_holm", "p_paired_holm"])  # fmt: skip
+                                       "val_mean", "verdict", "p_welch_holm", "p_paired_holm", "target_share",
+                                       "target_median_seconds", "target_median_steps"])  # fmt: skip
 
 
 def pivot(cells: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
@@ -154,6 +195,19 @@ def answer(cells: list[Cell], comparisons: list[dict], alpha: float, paired: boo
     if groups.get(NOT_TESTABLE):
         text += f" Not testable (fewer than 2 runs): {', '.join(groups[NOT_TESTABLE])}."
     return text + f" ({tests}, Holm-corrected over {len(comparisons)} comparisons, alpha {alpha:g}.)"
+
+
+def target_answer(times: dict[str, dict], target: float) -> str:
+    """The second answer: which cell reaches the target validation accuracy first, in training time."""
+    fastest = fastest_to_target(times)
+    if fastest is None:
+        return f"No cell reached {target:g} validation accuracy in most of its seeds within the budget."
+    t = times[fastest]
+    return (
+        f"Fastest to {target:g} validation accuracy: {fastest} (median {t['median_train_seconds']:.2f} s of "
+        f"training, {t['median_steps']:.0f} steps, {t['median_epochs']:.2f} epochs; {t['reached']} of {t['runs']} "
+        "seeds reached it)."
+    )
 
 
 def cell_curves(curves: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, open_dict
 
 from pipeline.core.config import backend_name, check_config
 from pipeline.core.env import DVC_OVERRIDES, DVC_STAGE
-from pipeline.core.errors import PipelineError, Terminated, raise_terminated
+from pipeline.core.errors import PipelineError, Terminated, raise_interrupt, raise_terminated
 from pipeline.core.paths import CONFIG_DIR, find_project_root
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ def stage_main(
     def main() -> Any:
         status: int | str | None = 0
         signal.signal(signal.SIGTERM, raise_terminated)
+        signal.signal(signal.SIGINT, raise_interrupt)
         try:
             if multirun and not _multirun():
                 sys.argv.insert(1, "-m")

@@ -24,6 +24,8 @@ from pipeline.core.errors import PipelineError
 FULL_BATCH = "full"
 # Losses the divergence rule can judge: its uniform-guess loss is ln(classes) for each.
 JUDGED_LOSSES = ("categorical_crossentropy",)
+# What a sweep job can return, and the direction that improves it.
+OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 
 class LrScaling(enum.Enum):
@@ -84,6 +86,7 @@ class DivergenceConfig:
 class TrainConfig:
     backend: Backend = Backend.jax
     epochs: int = 5
+    evals_per_epoch: int = 4  # validation passes an epoch (JAX backend; TensorFlow: 1): time to a target
     batch_size: Any = 128  # a positive integer, or "full"
     seed: int = 0
     lr_factor: float = 1.0  # multiplies optimizer.learning_rate: what a learning-rate search varies
@@ -107,6 +110,7 @@ class TrackingConfig:
     log_model: bool = True
     server_timeout_s: float = 10.0
     registered_model: str = "mnist"  # compare registers each finished sweep's best model here
+    system_metrics: bool = True  # CPU and memory of every training run (MLflow's system metrics)
     ui_port: int = 5000  # `python -m pipeline.ui` serves the MLflow UI of the local store here
 
 
@@ -122,6 +126,7 @@ class SweepConfig:
 class CompareConfig:
     parent_run_id: str | None = None  # the sweep to compare (default: see pipeline/compare.py)
     alpha: float = 0.05
+    target: float = 0.97  # validation accuracy a run must reach (AlgoPerf's MNIST target): time to result
     register: bool = True  # register the winner as the `champion` (only a replicated winner, n >= 2)
 
 
@@ -138,6 +143,9 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    # What a sweep job returns to its sweeper (an Optuna search optimises it): a validation metric,
+    # never a test metric. lightning-hydra-template's name for it.
+    optimized_metric: str = "val_accuracy"
 
 
 @dataclass
@@ -170,7 +178,8 @@ JOB_LOGGING = {
     },
     "root": {"level": "INFO", "handlers": ["console", "file"]},
     # JAX tells at INFO that this machine has no TPU, in every process.
-    "loggers": {"jax._src.xla_bridge": {"level": "WARNING"}},
+    # ... and MLflow tells four INFO lines of its system-metrics monitor for every run.
+    "loggers": {"jax._src.xla_bridge": {"level": "WARNING"}, "mlflow.system_metrics": {"level": "WARNING"}},
     "disable_existing_loggers": False,
 }
 
@@ -231,6 +240,7 @@ def check_config(cfg: DictConfig) -> None:
     check_batch_size(train.batch_size)
     positive_ints = {
         "train.epochs": (train.epochs, "5"),
+        "train.evals_per_epoch": (train.evals_per_epoch, "4"),
         "train.steps_per_execution": (train.steps_per_execution, "64"),
     }
     positive_ints["sweep.seeds"] = (cfg.sweep.seeds, "3")
@@ -258,6 +268,10 @@ def check_config(cfg: DictConfig) -> None:
     check_val_fraction(cfg.split.val_fraction)
     if not 0 <= cfg.split.seed < 2**32:
         raise _bad("split.seed", cfg.split.seed, "an integer in [0, 2**32)", "42")
+    if cfg.optimized_metric not in OBJECTIVES:
+        raise _bad("optimized_metric", cfg.optimized_metric, f"one of {', '.join(OBJECTIVES)}", "val_accuracy")
+    if not 0 < cfg.compare.target <= 1:
+        raise _bad("compare.target", cfg.compare.target, "a validation accuracy in (0, 1]", "0.97")
     if not 0 < cfg.compare.alpha < 1:
         raise _bad("compare.alpha", cfg.compare.alpha, "a significance level strictly between 0 and 1", "0.05")
     timeout = cfg.tracking.server_timeout_s

@@ -24,7 +24,7 @@ PARAMS_FILE = "params.yaml"  # DVC's composition of conf/ (pipeline/core/dvcpara
 # What the compare stage writes into <reports_dir>/sweep/ (all of it, or none of it).
 SWEEP_REPORTS = (
     "runs.csv", "runs.md", "cells.csv", "pivot.csv", "curves.csv", "cell_curves.csv", "curves.png", "heatmap.png",
-    "summary.json",
+    "report.html", "summary.json",
 )  # fmt: skip
 
 

@@ -367,7 +367,13 @@ def tracked_run(
     from mlflow.entities import RunStatus
 
     setup_tracking(cfg)
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, parent_run_id=parent_run_id, tags=process_tags())
+    system = bool(cfg.tracking.system_metrics) and run_id is None  # a training run, not a resumed one
+    if system:  # CPU, memory, disk and network every second, from the run's first second
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    run = mlflow.start_run(
+        run_id=run_id, run_name=run_name, parent_run_id=parent_run_id, tags=process_tags(), log_system_metrics=system
+    )
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         with sigterm_raises():

@@ -61,7 +61,14 @@ def sweep_answer(root: Path) -> str:
     cells["verdict"] = ["winner (chosen on validation)" if c == winner else verdicts.get(c, "") for c in cells["cell"]]
     cells["95 % interval"] = ["-" if lo is None or lo != lo else f"{lo:.4f}-{hi:.4f}" for lo, hi in cells["ci95"]]
     cells = cells.rename(columns={"mean": "test mean", "val_mean": "validation mean"})
-    table = cells[["cell", "n", "validation mean", "test mean", "std", "95 % interval", "verdict"]]
+    columns = ["cell", "n", "validation mean", "test mean", "std", "95 % interval", "verdict"]
+    times, target = summary.get("time_to_target"), summary.get("target")
+    if times:  # time to result: the second answer
+        reach, when = f"seeds reaching {target:g}", f"median s to {target:g}"
+        cells[reach] = [f"{times[c]['reached']} of {times[c]['runs']}" for c in cells["cell"]]
+        cells[when] = [_seconds(times[c]["median_train_seconds"]) for c in cells["cell"]]
+        columns += [reach, when]
+    table = cells[columns]
     machine = summary["machine"]
     return (
         f"{summary['answer']}\n\n"
@@ -70,6 +77,10 @@ def sweep_answer(root: Path) -> str:
         + table.to_markdown(index=False, floatfmt=".4f")
         + "\n"
     )
+
+
+def _seconds(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.2f}"
 
 
 def sweep_pivot(root: Path) -> str:
@@ -112,6 +123,7 @@ def performance(root: Path) -> str:
         f"the script's whole process ({goal(r['sweep'], g['sweep_ratio'])}); {r['overhead_per_run_s']:.2f} s per run "
         f"outside the fit ({goal(r['overhead_per_run_s'], g['overhead_s'])})",
         f"- TensorFlow backend: fit {r['tf_fit']:.2f}x, whole process {r['tf_process']:.2f}x the script's",
+        f"- system metrics (CPU, memory each second): {r['system_metrics_s']:+.2f} s of whole process per run",
     ]
     return (
         f"Measured on {bench['cpu']}, {bench['rounds']} interleaved rounds, both sides training on the same "

@@ -97,6 +97,7 @@ def stages() -> list[Stage]:
                 "model",
                 "optimizer",
                 "train",
+                "compare.target",  # each run records when it first reached it
             ],
             deps=["processed_dir"],
             outs=["models_dir", {"reports_dir/history.csv": {"cache": False}}, STAGE_RECORD],
@@ -114,7 +115,7 @@ def stages() -> list[Stage]:
             "sweep",
             "pipeline.sweep",
             params=["dataset.name", "dataset.num_classes", "dataset.image_shape", "split", "model", "optimizer"]
-            + ["train", "sweep"],
+            + ["train", "sweep", "compare.target"],
             deps=["processed_dir"],
             outs=[STAGE_RECORD],
             extra_modules=MULTIRUN_MODULES,

@@ -88,6 +88,23 @@ def check_store_reachable_from_jobs(config: DictConfig) -> None:
         )
 
 
+def check_search(config: DictConfig) -> None:
+    """An Optuna search: its direction must improve its objective; a study with no name gets one (for its jobs)."""
+    from pipeline.core.config import OBJECTIVES
+
+    sweeper, metric = config.hydra.sweeper, str(config.optimized_metric)
+    if sweeper.get("direction", "maximize") != OBJECTIVES[metric]:
+        raise PipelineError(
+            f"hydra.sweeper.direction={sweeper.get('direction')} would make optimized_metric={metric} worse: "
+            f"{metric} wants direction={OBJECTIVES[metric]}. Fix one, e.g. hydra.sweeper.direction={OBJECTIVES[metric]}"
+        )
+    if not sweeper.get("study_name"):
+        name = f"search-{datetime.now(UTC).strftime('%Y-%m-%d_%H-%M-%S')}"
+        with read_write(config.hydra), open_dict(config.hydra):
+            sweeper.study_name = name
+            config.hydra.overrides.hydra.append(f"hydra.sweeper.study_name={name}")
+
+
 def hand_to_jobs(config: DictConfig, values: dict[str, str]) -> None:
     """Make `values` environment variables of every job of this sweep (`hydra.job.env_set`).
 
@@ -149,6 +166,8 @@ class SweepCallback(Callback):
             except PipelineError as err:
                 raise PipelineError(f"Sweep job [{' '.join(job)}]: {err}") from err
         check_store_reachable_from_jobs(config)
+        if kind == "OptunaSweeper":
+            check_search(config)
         handed = {env.SWEPT_KEYS: ",".join(swept)}
         threads = job_threads(config, n_jobs or 1)
         if threads:
@@ -196,6 +215,9 @@ class SweepCallback(Callback):
             tags.update(
                 {"optuna.study": sweeper.study_name, "optuna.storage": sweeper.storage or study_storage(config)}
             )
+            tags["optuna.direction"] = str(sweeper.get("direction", "maximize"))
+            for node in ("sampler", "pruner"):  # the classes, e.g. TPESampler, MedianPruner
+                tags[f"optuna.{node}"] = str((sweeper.get(node) or {}).get("_target_", "")).rsplit(".", 1)[-1]
         started = datetime.now(UTC).strftime("%Y-%m-%d_%H-%M-%S")
         client = MlflowClient()
         run = client.create_run(experiment_id, run_name=f"{config.sweep.name}-{started}", tags=tags)

@@ -90,13 +90,18 @@ def grid_params(overrides: list[str]) -> dict[str, str]:
 
 
 def listed_swept_keys(jobs: list[list[str]]) -> list[str]:
-    """The keys whose value differs between listed jobs."""
-    values: dict[str, set[str]] = {}
-    for job in jobs:
-        for override in job:
-            key, _, value = override.partition("=")
-            values.setdefault(key, set()).add(value)
-    return [key for key, seen in values.items() if len(seen) > 1]
+    """The keys that name listed jobs' cells: those whose value differs between jobs, less any that the
+    others determine (`pipeline.tune`'s learning-rate factor, chosen per optimizer x batch size, names no cell)."""
+    rows = [dict(o.partition("=")[::2] for o in job) for job in jobs]
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row) if len({row.get(k) for row in rows}) > 1]
+    for key in reversed(list(keys)):
+        others = [k for k in keys if k != key]
+        by_others: dict[tuple, set] = {}
+        for row in rows:
+            by_others.setdefault(tuple(row.get(k) for k in others), set()).add(row.get(key))
+        if others and all(len(values) == 1 for values in by_others.values()):
+            keys.remove(key)
+    return keys
 
 
 def sweep_listed_jobs(sweeper: Any, jobs: list[list[str]]) -> Any:
@@ -121,6 +126,9 @@ def launched(sweep: Any) -> Any:
         return sweep()
     except (KeyboardInterrupt, SystemExit):
         raise
+    except PipelineError as err:  # a setting the search refuses (it is checked before any trial starts)
+        log.error("%s", err)
+        sys.exit(1)
     except Exception as err:  # noqa: BLE001 - e.g. joblib's TerminatedWorkerError, with a 37-line traceback
         log.error(
             "The sweep stopped: its launcher failed (%s: %s). A job's process died (SIGKILL, OOM or a crash?); "

@@ -4,8 +4,8 @@ A cell is every setting the sweep varies except the seed: its name is built from
 (`adam-bs32`, `sgd-bs128-lr0.1`), every run of the cell carries it as the tag
 `sweep.cell`, and compare groups runs by it. Each seed (`train.seed`, `train.seed + 1`,
 ...) is a child run of the sweep's parent run named `<cell>-s<seed>`; a search trial is
-one run named `t<trial>-<cell>`. The job returns the cell's mean final validation
-accuracy, the number a sweeper optimises (never a test metric). Its files go to its own
+one run named `t<trial>-<cell>`. The job returns the cell's mean final `optimized_metric`
+(validation accuracy or loss), the number a sweeper optimises (never a test metric). Its files go to its own
 Hydra job folder; a failed seed is recorded as FAILED and the sweep goes on.
 """
 
@@ -62,7 +62,7 @@ def _short(value: str) -> str:
 
 
 def run_sweep_job(cfg: DictConfig) -> float:
-    """One job of a multirun: one cell, `sweep.seeds` child runs; returns the mean validation accuracy."""
+    """One job of a multirun: one cell, `sweep.seeds` child runs; returns the mean final `optimized_metric`."""
     from hydra.core.hydra_config import HydraConfig
 
     from pipeline.sweeps.search import TrialReporter, job_trial
@@ -76,8 +76,9 @@ def run_sweep_job(cfg: DictConfig) -> float:
     # A search trial is one run (one seed); a grid cell is replicated over `sweep.seeds`.
     seeds = 1 if trial is not None else int(cfg.sweep.seeds)
     replicated = seeds > 1 or "train.seed" in swept
-    reporter = TrialReporter(trial) if trial is not None else None
-    accuracies = []
+    metric = str(cfg.optimized_metric)
+    reporter = TrialReporter(trial, metric) if trial is not None else None
+    values = []
     for offset in range(seeds):
         seed_cfg = copy.deepcopy(cfg)
         with open_dict(seed_cfg):
@@ -89,7 +90,7 @@ def run_sweep_job(cfg: DictConfig) -> float:
             name += f"-s{seed_cfg.train.seed}" if replicated else ""
             outputs = Paths.job_outputs(job_dir, int(seed_cfg.train.seed) if seeds > 1 else None)
             result = run_experiment(seed_cfg, outputs, parent, name, reporter, tags={CELL_TAG: cell})
-            accuracies.append(result["val_accuracy"])
+            values.append(result[metric])
         except (KeyboardInterrupt, SystemExit, Terminated):
             raise
         except RunStopped as err:
@@ -101,4 +102,4 @@ def run_sweep_job(cfg: DictConfig) -> float:
                 import keras
 
                 keras.backend.clear_session()  # the next TensorFlow job starts from a clean graph
-    return sum(accuracies) / len(accuracies) if accuracies else math.nan
+    return sum(values) / len(values) if values else math.nan

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import backend_name, resolve_batch_size
 from pipeline.core.env import THREADS
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, check_stop
 from pipeline.data.splits import INFERENCE_BATCH_SIZE, Split
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,14 @@ class TrainResult:
     train_seconds: float = 0.0
     batch_size: int = 0
     threads: int = 0
+    # Validation during training, `train.evals_per_epoch` times an epoch: step, samples, epoch (fractional),
+    # training seconds so far (evaluation not counted), val_loss, val_accuracy.
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+
+
+def time_to_target(evaluations: list[dict[str, float]], target: float) -> dict[str, float] | None:
+    """The first evaluation whose validation accuracy reaches `target` (AlgoPerf's score); None if none does."""
+    return next((e for e in evaluations if e["val_accuracy"] >= target), None)
 
 
 def check_divergence(row: dict[str, float], num_classes: int, rule: DictConfig, steps: int, start: float) -> None:
@@ -137,14 +145,18 @@ def fit(cfg: DictConfig, train: Split, val: Split, on_epoch: EpochCallback | Non
     steps_per_epoch = -(-len(train.x) // batch_size)
 
     def end_epoch(row: dict[str, float], start: float) -> None:
+        check_stop()
         history.append(row)
         if on_epoch:
             on_epoch(row)
         steps = steps_per_epoch * int(row["epoch"])
         check_divergence(row, train.y.shape[1], cfg.train.divergence, steps, start)
 
-    model, seconds, used_threads = fit_backend(cfg, train, val, batch_size, threads, end_epoch)
-    return TrainResult(model, history, seconds, batch_size, used_threads)
+    result = TrainResult(None, history, 0.0, batch_size)
+    result.model, result.train_seconds, result.threads = fit_backend(
+        cfg, train, val, batch_size, threads, end_epoch, result.evaluations
+    )
+    return result
 
 
 def history_csv(history: list[dict[str, float]]) -> str:
@@ -154,7 +166,7 @@ def history_csv(history: list[dict[str, float]]) -> str:
     return pd.DataFrame(history, columns=CURVE_COLUMNS).to_csv(index=False, lineterminator="\n")
 
 
-def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
+def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch, evaluations):
     import keras
     import tensorflow as tf
 
@@ -180,13 +192,22 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
         model.evaluate(val.x, val.y, batch_size=INFERENCE_BATCH_SIZE, verbose=0, return_dict=True)["accuracy"]
     )
 
-    class EpochEnd(keras.callbacks.Callback):
+    steps = -(-len(train.x) // batch_size)
+
+    class EpochEnd(keras.callbacks.Callback):  # the TensorFlow backend validates once an epoch
+        trained = 0.0
+
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.started
             row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            self.trained += seconds  # with its validation pass
+            evaluations.append(
+                {"step": steps * (epoch + 1), "samples": len(train.x) * (epoch + 1), "epoch": epoch + 1.0,
+                 "train_seconds": self.trained, "val_loss": row["val_loss"], "val_accuracy": row["val_accuracy"]}
+            )  # fmt: skip
             end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": len(train.x) / seconds}, start)
 
     started = time.perf_counter()
@@ -205,7 +226,7 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch):
     return model, seconds, tf.config.threading.get_intra_op_parallelism_threads() or (os.cpu_count() or 1)
 
 
-def _fit_jax(cfg, train, val, batch_size, threads, end_epoch):
+def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
     from pipeline.model.networks import build_model, build_optimizer
 
     limit_threads(threads)
@@ -219,25 +240,42 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch):
         [v.value for v in model.non_trainable_variables],
         [v.value for v in optimizer.variables],
     )
-    x, y = device_array(train.x), device_array(train.y)
-    start = program.evaluate(state[0], state[1], device_array(val.x), device_array(val.y))[1]  # untrained
+    x, y, x_val, y_val = (device_array(a) for a in (train.x, train.y, val.x, val.y))
+    start = program.evaluate(state[0], state[1], x_val, y_val)[1]  # the untrained network
     n, rng = len(train.x), np.random.default_rng(int(cfg.train.seed))
     steps = -(-n // batch_size)
+    # The epoch's scan cut into `evals_per_epoch` pieces (the same steps in the same order), validated after each.
+    piece = -(-steps // max(1, min(int(cfg.train.evals_per_epoch), steps)))
+    bounds = [*range(0, steps, piece), steps]
     verbose = keras_verbosity(cfg.train.verbose)
     epochs = int(cfg.train.epochs)
-    fit_started = time.perf_counter()
+    fit_started, trained = time.perf_counter(), 0.0
     for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
+        started, loss_sum, correct = time.perf_counter(), 0.0, 0.0
         index = np.zeros(steps * batch_size, dtype=np.int32)
         index[:n] = rng.permutation(n)
         weight = np.zeros(steps * batch_size, dtype=np.float32)
         weight[:n] = 1.0
-        state, loss_sum, correct = program.epoch(
-            state, x, y, index.reshape(steps, batch_size), weight.reshape(steps, batch_size)
-        )
-        val_loss, val_accuracy = program.evaluate(state[0], state[1], device_array(val.x), device_array(val.y))
+        index, weight = index.reshape(steps, batch_size), weight.reshape(steps, batch_size)
+        for first, last in zip(bounds, bounds[1:], strict=False):
+            piece_started = time.perf_counter()
+            check_stop()
+            state, piece_loss, piece_correct = program.epoch(state, x, y, index[first:last], weight[first:last])
+            loss_sum, correct = loss_sum + float(piece_loss), correct + float(piece_correct)  # float() waits for it
+            trained += time.perf_counter() - piece_started
+            val_loss, val_accuracy = program.evaluate(state[0], state[1], x_val, y_val)
+            evaluations.append(
+                {
+                    "step": (epoch - 1) * steps + last,
+                    "samples": (epoch - 1) * n + min(last * batch_size, n),
+                    "epoch": epoch - 1 + last / steps,
+                    "train_seconds": trained,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_accuracy,
+                }  # fmt: skip
+            )
         seconds = time.perf_counter() - started
-        row = {"epoch": epoch, "loss": float(loss_sum) / n, "accuracy": float(correct) / n}
+        row = {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n}
         row.update(val_loss=val_loss, val_accuracy=val_accuracy)
         if verbose:
             print(

@@ -133,11 +133,12 @@ def replay_unlogged(path: Path) -> int:
     return len({m.step for m in metrics})
 
 
-def log_model(model_file: Path, backend: str) -> None:
+def log_model(model_file: Path, backend: str) -> str:
     """Log the trained model as a pyfunc that takes 28 x 28 images or flat rows (`pipeline.model.serving`).
 
     The Keras file travels as the model's artifact; requirements are pinned, not
-    inferred, and the serving example is not re-predicted (seconds per run).
+    inferred, and the serving example is not re-predicted (seconds per run). Returns the
+    MLflow 3 logged model's id, to which the run's validation and test metrics are linked.
     """
     import importlib.metadata as md
 
@@ -150,7 +151,7 @@ def log_model(model_file: Path, backend: str) -> None:
     # MLflow warns on every log that a python_model object is pickled: ours is a class of
     # this package, pickled by reference; once per sweep run the warning is only noise.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
-    Model.log(
+    info = Model.log(
         artifact_path=None,  # deprecated in favour of name=, but still a required argument of Model.log
         name="model",
         flavor=PyfuncFlavor,
@@ -164,6 +165,15 @@ def log_model(model_file: Path, backend: str) -> None:
         # tests load the logged model and check its predictions instead.
         validate_serving_input=False,
     )
+    return info.model_id
+
+
+def model_of_run(run_id: str) -> str | None:
+    """The id of the logged model a training run produced (None if it logged none)."""
+    import mlflow
+
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    return models[0].model_id if models else None
 
 
 class PyfuncFlavor:

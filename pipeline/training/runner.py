@@ -13,6 +13,7 @@ model and the run that describes it can never disagree.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +26,16 @@ from pipeline.core.files import check_writable, named_copies, sha256_file, write
 from pipeline.core.paths import RunOutputs, project_paths
 from pipeline.core.store import tracked_run
 from pipeline.data.splits import Split, load_split
-from pipeline.training.loop import TrainResult, fit, history_csv
-from pipeline.training.records import MODEL_SHA_TAG, EpochLogger, dataset_input, log_model, log_run_context, run_name
+from pipeline.training.loop import TrainResult, fit, history_csv, time_to_target
+from pipeline.training.records import (
+    MODEL_SHA_TAG,
+    EpochLogger,
+    dataset_input,
+    log_model,
+    log_run_context,
+    model_of_run,
+    run_name,
+)
 from pipeline.training.scoring import confusion_matrix, measure, plot_confusion_matrix, plot_misclassified
 
 log = logging.getLogger(__name__)
@@ -66,10 +75,15 @@ def train_run(
         tags = {MODEL_SHA_TAG: sha256_file(staged[outputs.model]), "train.batch_samples": str(result.batch_size)}
         mlflow.set_tags({**tags, "threads": str(result.threads)})
         mlflow.log_metrics({"train_seconds": result.train_seconds}, run_id=run_id)
+        log_time_to_target(run_id, result.evaluations, float(cfg.compare.target))
         with named_copies({"history.csv": staged[outputs.history], "model.keras": staged[outputs.model]}) as folder:
             mlflow.log_artifact(str(folder / "history.csv"), run_id=run_id)
             if cfg.tracking.log_model:
-                log_model(folder / "model.keras", backend_name(cfg))
+                model_id = log_model(folder / "model.keras", backend_name(cfg))
+                final = {f"final_{k}": result.history[-1][k] for k in ("val_accuracy", "val_loss")}
+                mlflow.log_metrics(
+                    final, run_id=run_id, model_id=model_id, dataset=dataset_input(val, f"{cfg.dataset.name}-val")
+                )
 
     write_together(
         {
@@ -79,6 +93,30 @@ def train_run(
         before_replace=record,
     )
     return result
+
+
+def log_time_to_target(run_id: str, evaluations: list[dict[str, float]], target: float) -> None:
+    """Validation by step (`step_val_accuracy`, `step_val_loss`) and when the run first reached `target`.
+
+    Reached: `target.steps`, `target.samples`, `target.epochs`, `target.train_seconds` (training
+    time, validation not counted) and the tag `target.reached=true`; never reached: only the
+    tag `target.reached=false`, never a number.
+    """
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"step_{name}", float(e[name]), now, int(e["step"]))
+        for e in evaluations
+        for name in ("val_accuracy", "val_loss")
+    ]
+    reached = time_to_target(evaluations, target)
+    if reached:
+        names = {"steps": "step", "samples": "samples", "epochs": "epoch", "train_seconds": "train_seconds"}
+        metrics += [Metric(f"target.{name}", float(reached[key]), now, 0) for name, key in names.items()]
+    tags = [RunTag("target.value", f"{target:g}"), RunTag("target.reached", str(reached is not None).lower())]
+    MlflowClient().log_batch(run_id, metrics=metrics, tags=tags)
 
 
 def evaluate_run(model: Any, test: Split, outputs: RunOutputs, run_id: str | None, dataset: str) -> dict[str, Any]:
@@ -94,8 +132,12 @@ def evaluate_run(model: Any, test: Split, outputs: RunOutputs, run_id: str | Non
             return
         import mlflow
 
+        test_input = dataset_input(test, f"{dataset}-test")
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=run_id)
-        mlflow.log_input(dataset_input(test, f"{dataset}-test"), context="testing")
+        mlflow.log_input(test_input, context="testing")
+        if model_id := model_of_run(run_id):  # the MLflow 3 logged model: its Models tab ranks by these
+            scores = {k: float(metrics[k]) for k in ("test_accuracy", "test_loss")}
+            mlflow.log_metrics(scores, run_id=run_id, model_id=model_id, dataset=test_input)
         with named_copies({name: staged[target] for target, name in files.items()}) as folder:
             # which test images this model got right: compare's paired test over images
             np.savez(folder / "test_correct.npz", bits=np.packbits(true == predicted), count=len(true))
@@ -166,7 +208,8 @@ def run_experiment(
         train, val, test = load_splits(cfg)
         result = train_run(cfg, train, val, outputs, run_id, on_epoch)
         metrics = evaluate_run(result.model, test, outputs, run_id, str(cfg.dataset.name))
-    return {**metrics, "run_id": run_id, "val_accuracy": result.history[-1]["val_accuracy"], "history": result.history}
+    final = {k: result.history[-1][k] for k in ("val_accuracy", "val_loss")}
+    return {**metrics, **final, "run_id": run_id, "history": result.history}
 
 
 def check_batch_fits(cfg: DictConfig) -> None:
