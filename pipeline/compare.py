@@ -103,7 +103,8 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
     target = float(cfg.compare.target)
     times = summary.time_to_target(table, target)
     text = summary.answer(cells, comparisons, alpha, paired=bool(correct)) + " " + summary.target_answer(times, target)
-    frame = summary.cells_frame(cells, comparisons, times)
+    noise = summary.noise_scales(table)
+    frame = summary.cells_frame(cells, comparisons, times, noise)
     mean_curves = summary.cell_curves(curves, table)
     finished = int((table["status"] == "FINISHED").sum())
     tags = parent.data.tags
@@ -127,6 +128,8 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         "target": target,
         "time_to_target": times,
         "fastest_to_target": summary.fastest_to_target(times),
+        # The gradient noise scale B_simple per cell: the median over seeds of each run's last estimate.
+        "noise_scale": noise,
         "answer": text,
         # The same per cell as a mapping: `dvc metrics show` shows mappings, not lists.
         "by_cell": {

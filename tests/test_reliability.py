@@ -53,6 +53,15 @@ def test_bad_value_exits_non_zero_with_message_and_changes_nothing(tmp_path, ove
         assert not (tmp_path / folder).exists(), folder
 
 
+@pytest.mark.parametrize("module", ["pipeline.train", "pipeline.sweep"])
+def test_filesystem_root_as_project_root_is_refused_before_hydra_writes_logs(module):
+    before = set(os.listdir("/"))
+    result = run_module(module, "paths.root=/")
+    assert result.returncode == 1
+    assert "paths.root=/ is the filesystem root" in result.stderr and "Traceback" not in result.stderr
+    assert set(os.listdir("/")) == before, "nothing is created at the filesystem root"
+
+
 def test_diverging_run_fails_keeps_curves_and_previous_model(tiny_data_cfg):
     cfg = tiny_data_cfg("train.epochs=3")
     model = project_paths(cfg).stage_outputs.model

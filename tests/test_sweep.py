@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import run_module, run_sweep, sweep_record
 from mlflow.tracking import MlflowClient
 
 from pipeline.compare import compare_sweep
 from pipeline.core.errors import PipelineError
+from pipeline.core.paths import project_paths
 from pipeline.core.store import tracking_uri
 from pipeline.sweeps.callback import SWEEP_ROLE_TAG
 from pipeline.sweeps.grid import expand_grid, grid_params
@@ -276,5 +278,9 @@ def test_compare_states_both_answers_best_at_the_budget_and_fastest_to_the_targe
     fastest = summary["fastest_to_target"]
     assert fastest in times and f"Fastest to 0.5 validation accuracy: {fastest}" in summary["answer"]
     assert "Chosen on validation" in summary["answer"], "both answers"
+    for cell, median in summary["noise_scale"].items():  # the median of the seeds' last noise scale estimates
+        assert median == pytest.approx(table[table["cell"] == cell]["noise_scale"].median()) and median > 0
+    published = pd.read_csv(project_paths(cfg).sweep_report("cells.csv")).set_index("cell")["noise_scale_median"]
+    assert published.to_dict() == pytest.approx(summary["noise_scale"])
     with pytest.raises(PipelineError, match=r"compare.target=0.9, but runs .* recorded their time to 0.5"):
         compare_sweep(tiny_data_cfg("compare.target=0.9"))

@@ -20,6 +20,7 @@ from pipeline.download import download_dataset
 from pipeline.evaluate import evaluate
 from pipeline.preprocess import preprocess_dataset
 from pipeline.train import train
+from pipeline.training.loop import gradient_noise_scale
 from pipeline.training.records import MODEL_SHA_TAG
 from pipeline.training.runner import run_experiment
 
@@ -280,3 +281,71 @@ def test_training_runs_record_system_metrics(tiny_data_cfg, monkeypatch):
     assert not [
         k for k in client_for(quiet).get_run(run_experiment(quiet)["run_id"]).data.metrics if k.startswith("system/")
     ]
+
+
+def test_noise_scale_estimator_recovers_the_gradient_and_the_noise():
+    # Expected squared norms at two batch sizes for |G|^2 = 4 and tr(Sigma) = 320: B_simple = 80.
+    small_sq, big_sq = 4 + 320 / 32, 4 + 320 / 2048
+    estimate = gradient_noise_scale(small_sq, big_sq, 32, 2048)
+    assert estimate["noise.gradient_sq"] == pytest.approx(4)
+    assert estimate["noise.trace"] == pytest.approx(320)
+    assert estimate["noise_scale"] == pytest.approx(80)
+    swamped = gradient_noise_scale(10.0, 10.5, 32, 2048)  # noise larger than the signal: no ratio, never a number
+    assert swamped["noise.gradient_sq"] > 10 and swamped["noise.trace"] < 0 and "noise_scale" not in swamped
+
+
+def test_gradient_norms_are_those_of_the_sub_batches_and_their_union(tiny_data_cfg):
+    import jax
+    import jax.numpy as jnp
+
+    from pipeline.model.networks import build_model, build_optimizer
+    from pipeline.training.loop import JaxProgram
+
+    cfg = tiny_data_cfg()
+    train_split = load_split(cfg, "train")
+    model = build_model(cfg, train_split.x.shape[1], train_split.y.shape[1])
+    optimizer = build_optimizer(cfg, 32)
+    optimizer.build(model.trainable_variables)
+    program = JaxProgram.for_model(cfg, model, optimizer)
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    x, y = jnp.asarray(train_split.x), jnp.asarray(train_split.y)
+    index = np.random.default_rng(0).choice(len(train_split.x), 96, replace=False).astype(np.int32).reshape(3, 32)
+    small_sq, big_sq = program.gradient_norms(trainable, non_trainable, x, y, index)
+
+    def squared_gradient(rows):
+        grads = jax.grad(lambda t: program._batch_loss(t, non_trainable, x[rows], y[rows], jnp.ones(len(rows)))[0])
+        return float(sum(jnp.vdot(g, g) for g in grads(trainable)))
+
+    assert small_sq == pytest.approx(np.mean([squared_gradient(rows) for rows in index]), rel=1e-4)
+    assert big_sq == pytest.approx(squared_gradient(index.ravel()), rel=1e-4)
+    assert small_sq > big_sq > 0  # a smaller batch has the noisier gradient
+
+
+def test_noise_scale_is_logged_per_epoch_and_leaves_training_as_it_was(tiny_data_cfg):
+    cfg = tiny_data_cfg("train.epochs=3", "train.noise_scale.examples=64", "train.noise_scale.small_batch=16")
+    run_id = run_experiment(cfg)["run_id"]
+    client = client_for(cfg)
+    for name in ("noise.gradient_sq", "noise.trace"):
+        assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2, 3], name
+    logged = client.get_metric_history(run_id, "noise_scale")
+    assert logged and all(m.value > 0 for m in logged)
+    with_noise = project_paths(cfg).stage_outputs.history.read_text()
+    off = tiny_data_cfg("train.epochs=3", "train.noise_scale.examples=0")
+    off_run = run_experiment(off)["run_id"]
+    assert project_paths(off).stage_outputs.history.read_text() == with_noise, "the estimate draws its own images"
+    assert not [k for k in client.get_run(off_run).data.metrics if k.startswith("noise")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.noise_scale.examples=100"], "train.noise_scale.examples=100 is not allowed: 0 (off) or a multiple"),
+        (["train.noise_scale.examples=32"], "at least twice it"),
+        (["train.noise_scale.small_batch=0"], "train.noise_scale.small_batch=0 is not allowed: a positive integer"),
+    ],
+)
+def test_bad_noise_scale_settings_are_refused_before_training(tmp_path, overrides, message):
+    result = run_module("pipeline.train", f"paths.root={tmp_path}", *overrides)
+    assert result.returncode == 1 and message in result.stdout + result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "mlruns").exists()

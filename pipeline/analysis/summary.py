@@ -27,6 +27,7 @@ RUN_COLUMNS = [
     "best_val_accuracy",
     "test_accuracy",
     "test_loss",
+    "noise_scale",
     "status",
     "failure_reason",
 ]
@@ -60,6 +61,7 @@ def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
             "status": run.info.status,
             "failure_reason": run.data.tags.get("failure_reason", ""),
         }
+        row["noise_scale"] = metrics.get("noise_scale", np.nan)  # the run's last estimate (the latest epoch with one)
         row["cell"] = run.data.tags.get("sweep.cell") or f"{row['optimizer']}-bs{row['batch_size']}"
         row["target"] = pd.to_numeric(run.data.tags.get("target.value"), errors="coerce")
         row["target_reached"] = run.data.tags.get("target.reached") == "true"
@@ -122,6 +124,16 @@ def time_to_target(table: pd.DataFrame, target: float) -> dict[str, dict]:
     return out
 
 
+def noise_scales(table: pd.DataFrame) -> dict[str, float | None]:
+    """Per cell, the median over its finished runs of their last gradient noise scale (None if none has one)."""
+    done = table[table["status"] == "FINISHED"]
+    out = {}
+    for cell, group in done.groupby("cell", sort=False):
+        values = group["noise_scale"].dropna() if "noise_scale" in group else pd.Series(dtype=float)
+        out[str(cell)] = float(values.median()) if len(values) else None
+    return out
+
+
 def fastest_to_target(times: dict[str, dict]) -> str | None:
     """The cell with the smallest median training time to the target (None if no cell's median is finite)."""
     finite = {c: t["median_train_seconds"] for c, t in times.items() if t["median_train_seconds"] is not None}
@@ -133,8 +145,14 @@ def row_label(cell: str, batch_size: str) -> str:
     return re.sub(rf"-bs{re.escape(str(batch_size))}(?=-|$)", "", cell, count=1)
 
 
-def cells_frame(cells: list[Cell], comparisons: list[dict], times: dict[str, dict] | None = None) -> pd.DataFrame:
-    """One row per cell: n, test mean, std, interval, validation mean, the verdict and the corrected p-values."""
+def cells_frame(
+    cells: list[Cell],
+    comparisons: list[dict],
+    times: dict[str, dict] | None = None,
+    noise: dict[str, float | None] | None = None,
+) -> pd.DataFrame:
+    """One row per cell: n, test mean, std, interval, validation mean, the verdict and the corrected p-values,
+    the time to the target and the median last gradient noise scale."""
     by_cell = {c["cell"]: c for c in comparisons}
     rows = []
     for i, c in enumerate(cells):
@@ -156,11 +174,13 @@ def cells_frame(cells: list[Cell], comparisons: list[dict], times: dict[str, dic
                 "target_share": (times or {}).get(c.cell, {}).get("share"),
                 "target_median_seconds": (times or {}).get(c.cell, {}).get("median_train_seconds"),
                 "target_median_steps": (times or {}).get(c.cell, {}).get("median_steps"),
+                "noise_scale_median": (noise or {}).get(c.cell),
             }
         )
     return pd.DataFrame(rows, columns=["cell", "optimizer", "batch_size", "n", "mean", "std", "ci95_low", "ci95_high",
                                        "val_mean", "verdict", "p_welch_holm", "p_paired_holm", "target_share",
-                                       "target_median_seconds", "target_median_steps"])  # fmt: skip
+                                       "target_median_seconds", "target_median_steps",
+                                       "noise_scale_median"])  # fmt: skip
 
 
 def pivot(cells: pd.DataFrame, value: str = "mean") -> pd.DataFrame:

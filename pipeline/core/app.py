@@ -87,10 +87,16 @@ def _multirun() -> bool:
 
 
 def check_overrides(arguments: list[str]) -> None:
-    """One line for an override Hydra cannot parse because a value needs quotes (spaces, non-ASCII)."""
+    """One line for an override Hydra cannot parse because a value needs quotes (spaces, non-ASCII),
+    or for a `paths.root` that is the filesystem root."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from pipeline.core.paths import checked_root
+
     for argument in (a for a in arguments if not a.startswith("-")):
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") == "paths.root" and value.strip("'\""):
+            checked_root(value.strip("'\""))  # Hydra writes its log folder there before any stage runs
         try:
             OverridesParser.create().parse_overrides([argument])
         except Exception:  # noqa: BLE001 - Hydra's own parser errors; anything else Hydra reports itself

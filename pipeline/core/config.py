@@ -83,6 +83,15 @@ class DivergenceConfig:
 
 
 @dataclass
+class NoiseScaleConfig:
+    # The gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018, appendix A.1),
+    # estimated once an epoch from `examples` training images cut into batches of `small_batch`
+    # (pipeline/training/loop.py, JAX backend). examples: 0 turns it off.
+    examples: int = 2048
+    small_batch: int = 32
+
+
+@dataclass
 class TrainConfig:
     backend: Backend = Backend.jax
     epochs: int = 5
@@ -100,6 +109,7 @@ class TrainConfig:
     compilation_cache: str | None = "~/.cache/mnist-pipeline/jax"  # JAX's compiled programs, kept across runs
     verbose: Any = "auto"
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    noise_scale: NoiseScaleConfig = field(default_factory=NoiseScaleConfig)
 
 
 @dataclass
@@ -254,6 +264,12 @@ def check_config(cfg: DictConfig) -> None:
         raise _bad("train.lr_factor", train.lr_factor, "a finite number > 0", "1.0")
     if train.threads is not None and train.threads <= 0:
         raise _bad("train.threads", train.threads, "a positive integer or null (all cores)", "2")
+    noise = train.noise_scale
+    if noise.small_batch <= 0:
+        raise _bad("train.noise_scale.small_batch", noise.small_batch, "a positive integer", "32")
+    if noise.examples != 0 and (noise.examples < 2 * noise.small_batch or noise.examples % noise.small_batch):
+        allowed = f"0 (off) or a multiple of train.noise_scale.small_batch={noise.small_batch}, at least twice it"
+        raise _bad("train.noise_scale.examples", noise.examples, allowed, str(64 * noise.small_batch))
     if not 0 <= train.divergence.chance_margin < 1:
         raise _bad("train.divergence.chance_margin", train.divergence.chance_margin, "a number in [0, 1)", "0.05")
     if not train.divergence.loss_factor > 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.env import DVC_ROOT
+from pipeline.core.errors import PipelineError
 
 PACKAGE_CHECKOUT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PACKAGE_CHECKOUT / "conf"
@@ -42,7 +43,23 @@ def resolve_path(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
     path = Path(os.path.expanduser(str(path)))
     if path.is_absolute():
         return path
-    return (Path(root).resolve() if root else find_project_root()) / path
+    return (checked_root(root) if root else find_project_root()) / path
+
+
+def checked_root(root: str | os.PathLike[str]) -> Path:
+    """`paths.root` resolved; the filesystem root is refused before anything is written under it.
+
+    Hydra creates the log folder from `paths.root` before any stage runs, so this check sits here,
+    where the folder's path is resolved, and not in a stage's own checks.
+    """
+    resolved = Path(os.path.expanduser(str(root))).resolve()
+    if resolved == Path(resolved.anchor):
+        raise PipelineError(
+            f"paths.root={root} is the filesystem root: the project's data/, models/, logs/ and mlruns/ "
+            "would be written there. Allowed: any other folder; empty (the default) means this checkout. "
+            "Fix: drop the override, or give a folder such as paths.root=$HOME/mnist-run."
+        )
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -174,8 +191,8 @@ class Paths:
 def project_paths(cfg: DictConfig) -> Paths:
     """Every path of the project configured by `cfg`."""
     conf = cfg.paths
-    root = Path(conf.root).resolve() if conf.root else find_project_root()
-    store_root = Path(conf.root).resolve() if conf.root else Path(os.environ.get(DVC_ROOT) or root)
+    root = checked_root(conf.root) if conf.root else find_project_root()
+    store_root = root if conf.root else Path(os.environ.get(DVC_ROOT) or root)
     return Paths(
         root=root,
         raw_dir=resolve_path(conf.raw_dir, root),

@@ -64,6 +64,23 @@ def time_to_target(evaluations: list[dict[str, float]], target: float) -> dict[s
     return next((e for e in evaluations if e["val_accuracy"] >= target), None)
 
 
+def gradient_noise_scale(small_sq: float, big_sq: float, small: int, big: int) -> dict[str, float]:
+    """The simple gradient noise scale from mean squared gradient norms at two batch sizes.
+
+    McCandlish et al. 2018, appendix A.1: a batch of B gives E|G_B|^2 = |G|^2 + tr(Sigma) / B, so
+    `small_sq` (the mean of |G_small|^2 over the sub-batches) and `big_sq` (|G_big|^2 of their
+    union) give estimates of |G|^2 (`noise.gradient_sq`) and tr(Sigma) (`noise.trace`),
+    and B_simple = tr(Sigma) / |G|^2 (`noise_scale`). The ratio is only stated when both
+    estimates are positive: late in training the noise can swamp |G|^2 in a single estimate.
+    """
+    gradient_sq = (big * big_sq - small * small_sq) / (big - small)
+    trace = (small_sq - big_sq) / (1 / small - 1 / big)
+    out = {"noise.gradient_sq": gradient_sq, "noise.trace": trace}
+    if gradient_sq > 0 and trace > 0:
+        out["noise_scale"] = trace / gradient_sq
+    return out
+
+
 def check_divergence(row: dict[str, float], num_classes: int, rule: DictConfig, steps: int, start: float) -> None:
     """Raise `DivergedError` when an epoch says the weights blew up, or that the run does not learn.
 
@@ -249,6 +266,10 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
     bounds = [*range(0, steps, piece), steps]
     verbose = keras_verbosity(cfg.train.verbose)
     epochs = int(cfg.train.epochs)
+    # The noise scale's images come from their own generator: training sees the same batches with it on or off.
+    small = int(cfg.train.noise_scale.small_batch)
+    sub_batches = min(int(cfg.train.noise_scale.examples), n) // small
+    noise_rng = np.random.default_rng([int(cfg.train.seed), 1]) if sub_batches >= 2 else None
     fit_started, trained = time.perf_counter(), 0.0
     for epoch in range(1, epochs + 1):
         started, loss_sum, correct = time.perf_counter(), 0.0, 0.0
@@ -277,6 +298,10 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
         seconds = time.perf_counter() - started
         row = {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n}
         row.update(val_loss=val_loss, val_accuracy=val_accuracy)
+        if noise_rng is not None:  # after the epoch's clock: neither training nor epoch time includes it
+            chosen = noise_rng.choice(n, sub_batches * small, replace=False).astype(np.int32)
+            small_sq, big_sq = program.gradient_norms(state[0], state[1], x, y, chosen.reshape(sub_batches, small))
+            row.update(gradient_noise_scale(small_sq, big_sq, small, sub_batches * small))
         if verbose:
             print(
                 f"Epoch {epoch}/{epochs} - {seconds:.1f}s - "
@@ -323,6 +348,7 @@ class JaxProgram:
         self.loss = loss
         self.epoch = jax.jit(self._epoch, donate_argnums=(0,))
         self._evaluate = jax.jit(self._evaluate_batch)
+        self._norms = jax.jit(self._gradient_norms)
 
     @classmethod
     def for_model(cls, cfg: DictConfig, model: Any, optimizer: Any) -> JaxProgram:
@@ -370,6 +396,29 @@ class JaxProgram:
 
         state, (loss_sums, corrects) = jax.lax.scan(body, state, (index, weight))
         return state, loss_sums.sum(), corrects.sum()
+
+    def _gradient_norms(self, trainable, non_trainable, x, y, index):
+        import jax
+        import jax.numpy as jnp
+
+        def squared(tree):
+            return sum(jnp.vdot(leaf, leaf) for leaf in jax.tree_util.tree_leaves(tree))
+
+        def body(carry, batch):
+            total, small_sq = carry
+            weight = jnp.ones(batch.shape, jnp.float32)
+            grads = jax.grad(lambda t: self._batch_loss(t, non_trainable, x[batch], y[batch], weight)[0])(trainable)
+            return (jax.tree_util.tree_map(jnp.add, total, grads), small_sq + squared(grads)), None
+
+        start = (jax.tree_util.tree_map(jnp.zeros_like, trainable), jnp.float32(0.0))
+        (total, small_sq), _ = jax.lax.scan(body, start, index)
+        count = index.shape[0]
+        return small_sq / count, squared(jax.tree_util.tree_map(lambda g: g / count, total))
+
+    def gradient_norms(self, trainable, non_trainable, x, y, index) -> tuple[float, float]:
+        """Mean |G_small|^2 over the rows of `index` (one sub-batch each) and |G_big|^2 of all of them."""
+        small_sq, big_sq = self._norms(trainable, non_trainable, x, y, index)
+        return float(small_sq), float(big_sq)
 
     def _evaluate_batch(self, trainable, non_trainable, x, y):
         import keras
