@@ -398,6 +398,11 @@ def end_run(run_id: str, status: str) -> None:
     """End the active run with `status`; if the store is unreachable, say so instead of hanging."""
     import mlflow
 
+    # MLflow ends the run, then stops its system-metrics thread: a sample written between the two
+    # meets the end's write on SQLite ("database is locked", a logged traceback). Stop it first.
+    monitor = mlflow.tracking.fluent.run_id_to_system_metrics_monitor.pop(run_id, None)
+    if monitor is not None:
+        monitor.finish()
     try:
         mlflow.end_run(status=status)
         log.info("MLflow run %s ended %s", run_id, status)
