@@ -326,7 +326,7 @@ def test_noise_scale_is_logged_per_epoch_and_leaves_training_as_it_was(tiny_data
     cfg = tiny_data_cfg("train.epochs=3", "train.noise_scale.examples=64", "train.noise_scale.small_batch=16")
     run_id = run_experiment(cfg)["run_id"]
     client = client_for(cfg)
-    for name in ("noise.gradient_sq", "noise.trace"):
+    for name in ("noise.gradient_sq", "noise.trace", "noise.seconds"):
         assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2, 3], name
     logged = client.get_metric_history(run_id, "noise_scale")
     assert logged and all(m.value > 0 for m in logged)
