@@ -167,10 +167,14 @@ def _import_time_nodes(body: list[ast.stmt]):
 
 
 def plugin_modules(root: Path = PACKAGE_CHECKOUT) -> list[str]:
-    """The modules Hydra's plugin discovery imports from our package (names starting with `_` it skips)."""
-    folder = root.joinpath(*PLUGIN_PACKAGE.split("."))
-    names = [p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")]
-    return [PLUGIN_PACKAGE, *(f"{PLUGIN_PACKAGE}.{name}" for name in sorted(names))]
+    """The modules Hydra's plugin discovery imports from every package under `hydra_plugins/`
+    (our sweepers and the alias at the official Optuna plugin's path; names starting with `_` it skips)."""
+    namespace = PLUGIN_PACKAGE.split(".")[0]
+    modules = []
+    for package in sorted(p.parent for p in root.joinpath(namespace).glob("*/__init__.py")):
+        names = sorted(p.stem for p in package.glob("*.py") if not p.stem.startswith("_"))
+        modules += [f"{namespace}.{package.name}", *(f"{namespace}.{package.name}.{name}" for name in names)]
+    return modules
 
 
 def code_closure(modules: list[str], root: Path = PACKAGE_CHECKOUT, at_import_only: bool = False) -> list[str]:
