@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -170,6 +171,86 @@ def http_post_json(url: str, body: dict, timeout: float = 10) -> dict:
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+class Command:
+    """`python -m <args>` run from the checkout in its own process group, its output read line by line.
+
+    A thread collects the output, so `wait_for` gives up at its deadline even when the command prints
+    nothing; whatever is still running when the test ends is killed (`no_command_outlives_its_test`),
+    so a failed test never leaves a 100,000-epoch training eating the machine for the rest of the suite.
+    """
+
+    running: list[Command] = []
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=PACKAGE_CHECKOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        Command.running.append(self)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def wait_for(self, prefix: str, timeout: float = 180) -> list[str]:
+        """The lines up to the first that starts with `prefix`; fails the test if none comes within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = list(self.lines)
+            for i, line in enumerate(lines):
+                if line.startswith(prefix):
+                    return lines[: i + 1]
+            ended = self.proc.poll() is not None and not self._reader.is_alive()
+            if ended or time.monotonic() > deadline:
+                why = f"exited with {self.proc.returncode}" if ended else f"still running after {timeout:g} s"
+                raise AssertionError(f"no line starting {prefix!r}: {why}; last lines:\n{''.join(lines[-30:])}")
+            time.sleep(0.05)
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def finish(self, timeout: float = 300) -> str:
+        """Wait for the command to end (fails the test after `timeout` s); its whole output."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {timeout:g} s later:\n{''.join(self.lines[-30:])}") from None
+        self._reader.join(timeout=30)
+        return "".join(self.lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def no_command_outlives_its_test() -> Iterator[None]:
+    yield
+    while Command.running:
+        Command.running.pop().stop()
 
 
 @contextlib.contextmanager

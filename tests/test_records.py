@@ -6,18 +6,17 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, mlflow_service, run_module
+from conftest import Command, free_port, mlflow_service, run_module
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import sha256_file
-from pipeline.core.paths import PACKAGE_CHECKOUT, project_paths
+from pipeline.core.paths import project_paths
 from pipeline.core.store import setup_tracking, tracking_uri
 from pipeline.data.splits import load_split
 from pipeline.evaluate import evaluate
@@ -29,26 +28,6 @@ def store(cfg) -> tuple[MlflowClient, list]:
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     return client, (client.search_runs([experiment.experiment_id]) if experiment else [])
-
-
-def popen(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", *args],
-        cwd=PACKAGE_CHECKOUT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def wait_for(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> list[str]:
-    seen, deadline = [], time.monotonic() + timeout
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith(prefix) or time.monotonic() > deadline:
-            break
-    return seen
 
 
 def test_failed_write_after_training_keeps_the_previous_model_and_its_run(tiny_data_cfg):
@@ -162,10 +141,10 @@ def test_split_settings_must_match_the_data(tiny_data_cfg):
 
 def test_killed_training_run_is_closed_by_the_next_command(tiny_data_cfg):
     cfg = tiny_data_cfg()
-    proc = popen("pipeline.train", f"paths.root={cfg.paths.root}", "train.epochs=100000", "train.batch_size=8")
-    wait_for(proc, "Epoch 2/")
+    proc = Command("pipeline.train", f"paths.root={cfg.paths.root}", "train.epochs=100000", "train.batch_size=8")
+    proc.wait_for("Epoch 2/")
     proc.kill()  # SIGKILL: no finally block, no atexit
-    proc.wait(timeout=60)
+    proc.finish(60)
     _, runs = store(cfg)
     assert [r.info.status for r in runs] == ["RUNNING"], "the store cannot know yet"
     setup_tracking(cfg)  # what every later stage does first
@@ -176,13 +155,13 @@ def test_killed_training_run_is_closed_by_the_next_command(tiny_data_cfg):
 
 def test_killed_sweep_parent_and_child_are_closed_and_compare_names_no_winner(tiny_data_cfg):
     cfg = tiny_data_cfg()
-    proc = popen(
+    proc = Command(
         "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
         "train.epochs=100000", "train.batch_size=8",
     )  # fmt: skip
-    wait_for(proc, "Epoch 2/")
+    proc.wait_for("Epoch 2/")
     proc.kill()
-    proc.wait(timeout=60)
+    proc.finish(60)
     assert not project_paths(cfg).sweep_record.exists(), "the killed sweep is not the sweep stage's record"
     _, runs = store(cfg)
     assert sorted(r.info.status for r in runs) == ["RUNNING", "RUNNING"], "the store cannot know yet"
@@ -203,8 +182,8 @@ def test_killed_sweep_parent_and_child_are_closed_and_compare_names_no_winner(ti
 def test_concurrent_stages_on_a_fresh_store_never_crash(tiny_data_cfg):
     cfg = tiny_data_cfg()
     assert not project_paths(cfg).store_db.exists(), "a fresh store"
-    procs = [popen("pipeline.train", f"paths.root={cfg.paths.root}", f"train.seed={seed}") for seed in range(3)]
-    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    procs = [Command("pipeline.train", f"paths.root={cfg.paths.root}", f"train.seed={seed}") for seed in range(3)]
+    outputs = [proc.finish(600) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(o[-1500:] for o in outputs)
     _, runs = store(cfg)
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3, "\n".join(
@@ -214,10 +193,10 @@ def test_concurrent_stages_on_a_fresh_store_never_crash(tiny_data_cfg):
 
 def test_ctrl_c_is_one_line(tiny_data_cfg):
     cfg = tiny_data_cfg()
-    proc = popen("pipeline.train", f"paths.root={cfg.paths.root}", "train.epochs=100000", "train.batch_size=8")
-    wait_for(proc, "Epoch 2/")
+    proc = Command("pipeline.train", f"paths.root={cfg.paths.root}", "train.epochs=100000", "train.batch_size=8")
+    proc.wait_for("Epoch 2/")
     proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=60)[0]
+    output = proc.finish(60)
     assert proc.returncode == 130
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     assert "Interrupted (Ctrl-C)" in output
@@ -230,13 +209,13 @@ def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_c
     args = ("--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1")
     port = free_port()
     with mlflow_service("server", *args, port=port) as base:
-        proc = popen(
+        proc = Command(
             "pipeline.train", f"paths.root={cfg.paths.root}", "tracking=server", f"tracking.uri={base}",
             "train.epochs=100000", "train.batch_size=8",
         )  # fmt: skip
-        wait_for(proc, "Epoch 3/")
+        proc.wait_for("Epoch 3/")
     stopped = time.monotonic()  # the server is gone
-    output = proc.communicate(timeout=300)[0]
+    output = proc.finish(300)
     assert proc.returncode == 1
     assert time.monotonic() - stopped < 60, "the run fails within a minute"
     assert "Traceback" not in output
@@ -325,12 +304,12 @@ def test_a_server_that_vanishes_mid_sweep_fails_the_sweep_and_leaves_nothing_run
     args = ("--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1")
     port = free_port()
     with mlflow_service("server", *args, port=port) as base:
-        proc = popen(
+        proc = Command(
             "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
             "tracking=server", f"tracking.uri={base}", "train.epochs=100000", "train.batch_size=8",
         )  # fmt: skip
-        wait_for(proc, "Epoch 2/")
-    output = proc.communicate(timeout=300)[0]  # the server is gone
+        proc.wait_for("Epoch 2/")
+    output = proc.finish(300)  # the server is gone
     assert proc.returncode == 1, output[-3000:]
     (record,) = [json.loads(p.read_text()) for p in (project_paths(cfg).mlruns_dir / "sweeps").glob("*.json")]
     assert record["status"] == "FAILED" and "could not be written" in record["failure_reason"]
@@ -347,11 +326,11 @@ def test_a_server_that_vanishes_mid_sweep_fails_the_sweep_and_leaves_nothing_run
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_sweep_in_one_line_and_compare_refuses_it(tiny_data_cfg):
     cfg = tiny_data_cfg()
-    proc = popen(
+    proc = Command(
         "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.epochs=100000", "train.batch_size=8",
     )  # fmt: skip
-    seen = wait_for(proc, "Epoch 2/")
+    seen = proc.wait_for("Epoch 2/")
     workers = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -363,7 +342,7 @@ def test_a_killed_worker_stops_the_sweep_in_one_line_and_compare_refuses_it(tiny
             workers.append(int(stat.parent.name))
     assert workers, "".join(seen[-20:])
     os.kill(workers[0], signal.SIGKILL)
-    output = proc.communicate(timeout=300)[0]
+    output = proc.finish(300)
     assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
     assert "The sweep stopped: its launcher failed (TerminatedWorkerError" in output
     result = run_module("pipeline.compare", f"paths.root={cfg.paths.root}")  # the sweep just run, never an older one

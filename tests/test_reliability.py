@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import Command, run_module
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.files import atomic_path, write_npz
-from pipeline.core.paths import PACKAGE_CHECKOUT, project_paths
+from pipeline.core.paths import project_paths
 from pipeline.core.store import tracking_uri
 from pipeline.train import train
 from pipeline.training.loop import DivergedError
@@ -105,23 +102,11 @@ def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, s
     for path in (paths.model, paths.history):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"previous")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", f"paths.root={root}", "train.epochs=100000", "train.batch_size=8"],
-        cwd=PACKAGE_CHECKOUT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    seen = []
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:  # wait until training is under way
-        seen.append(line)
-        if line.startswith("Epoch 3/") or time.monotonic() > deadline:
-            break
+    proc = Command("pipeline.train", f"paths.root={root}", "train.epochs=100000", "train.batch_size=8")
+    seen = proc.wait_for("Epoch 3/", timeout=120)  # training is under way
     proc.send_signal(sig)
-    output = proc.stdout.read()
-    assert proc.wait(timeout=60) == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
+    output = proc.finish(60)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output[-3000:]
     message = {signal.SIGINT: "Interrupted (Ctrl-C)", signal.SIGTERM: "Terminated (SIGTERM)"}[sig]
     assert f"{message}; every MLflow run this command started ended KILLED." in output
     assert "Traceback" not in output, "one line, as for Ctrl-C"
@@ -135,30 +120,14 @@ def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, s
 
 def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg):
     cfg = tiny_data_cfg()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.experiment",
-            "-m",
-            f"paths.root={cfg.paths.root}",
-            "sweep=none",
-            "optimizer=sgd,adam",
-        ]
-        + ["train.epochs=100000", "train.batch_size=8"],
-        cwd=PACKAGE_CHECKOUT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:
-        if line.startswith("Epoch 2/") or time.monotonic() > deadline:
-            break
+    proc = Command(
+        "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
+        "train.epochs=100000", "train.batch_size=8",
+    )  # fmt: skip
+    proc.wait_for("Epoch 2/", timeout=120)
     proc.send_signal(signal.SIGINT)
-    proc.stdout.read()
-    assert proc.wait(timeout=60) != 0
+    output = proc.finish(60)
+    assert proc.returncode != 0, output[-3000:]
     _, runs = all_runs(cfg)
     children = {r.info.run_name: r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
     parents = [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags]

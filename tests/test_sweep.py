@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_module, run_sweep, sweep_record
+from conftest import Command, run_module, run_sweep, sweep_record
 from mlflow.tracking import MlflowClient
 
 from pipeline.compare import compare_sweep
@@ -207,35 +207,42 @@ def test_compare_unknown_parent_id(compose_cfg):
         compare_sweep(cfg)
 
 
+def test_the_time_answer_names_the_cells_its_seeds_cannot_tell_apart_and_the_fewest_steps():
+    from pipeline.analysis import summary
+
+    def cell(seconds: list[float] | None, steps: float | None) -> dict:
+        median = None if seconds is None else sorted(seconds)[len(seconds) // 2]
+        return {
+            "runs": 3, "reached": 0 if seconds is None else 3, "share": 0.0 if seconds is None else 1.0,
+            "median_train_seconds": median, "median_steps": steps, "median_epochs": 1.0, "median_samples": 1.0,
+            "range_train_seconds": None if seconds is None else [min(seconds), max(seconds)],
+        }  # fmt: skip
+
+    times = {
+        "adam-bs128": cell([0.9, 1.0, 1.4], 400),  # fastest in seconds
+        "sgd-bs128": cell([1.3, 1.5, 1.6], 300),  # its quickest seed beats the fastest's slowest: not told apart
+        "sgd-bs32": cell([1.5, 1.6, 2.0], 1200),  # every seed slower than every seed of the fastest
+        "sgd-bs512": cell(None, None),  # never reached the target
+    }
+    assert summary.fastest_to_target(times) == "adam-bs128"
+    assert summary.as_fast_as_fastest(times) == ["sgd-bs128"]
+    assert summary.fewest_steps_to_target(times) == "sgd-bs128"
+    text = summary.target_answer(times, 0.97)
+    assert "Fastest to 0.97 validation accuracy: adam-bs128 (median 1.00 s" in text
+    assert "Not told apart from it in seconds (their seeds' times overlap): sgd-bs128." in text
+    assert "Fewest steps to it: sgd-bs128 (median 300)" in text
+    times["sgd-bs128"] = cell([1.5, 1.6, 1.7], 300)
+    assert summary.as_fast_as_fastest(times) == [] and "Not told apart" not in summary.target_answer(times, 0.97)
+
+
 def test_two_sweeps_at_once_keep_a_record_each_and_compare_takes_the_one_named(tiny_data_cfg):
-    import subprocess
-    import sys
-
-    from pipeline.core.paths import PACKAGE_CHECKOUT
-
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)
     grids = (["optimizer=sgd,adam"], ["optimizer=rmsprop", "train.batch_size=16,64,128"])
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.experiment",
-                "-m",
-                f"paths.root={root}",
-                "train.epochs=1",
-                "sweep=none",
-                *g,
-            ],
-            cwd=PACKAGE_CHECKOUT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for g in grids
+        Command("pipeline.experiment", "-m", f"paths.root={root}", "train.epochs=1", "sweep=none", *g) for g in grids
     ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    outputs = [p.finish(600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     records = [json.loads(p.read_text()) for p in (root / "mlruns" / "sweeps").glob("*.json")]
     assert sorted(len(r["runs"]) for r in records) == [2, 3], "neither sweep overwrote the other's record"
@@ -277,6 +284,11 @@ def test_compare_states_both_answers_best_at_the_budget_and_fastest_to_the_targe
             assert t["median_steps"] == pytest.approx(rows["target_steps"].median())
     fastest = summary["fastest_to_target"]
     assert fastest in times and f"Fastest to 0.5 validation accuracy: {fastest}" in summary["answer"]
+    for cell in summary["as_fast_as_fastest"]:  # a seed of theirs no later than the fastest's slowest
+        assert times[cell]["range_train_seconds"][0] <= times[fastest]["range_train_seconds"][1]
+    fewest = summary["fewest_steps_to_target"]
+    assert times[fewest]["median_steps"] == min(t["median_steps"] for t in times.values() if t["median_steps"])
+    assert f"Fewest steps to it: {fewest}" in summary["answer"]
     assert "Chosen on validation" in summary["answer"], "both answers"
     for cell, median in summary["noise_scale"].items():  # the median of the seeds' last noise scale estimates
         assert median == pytest.approx(table[table["cell"] == cell]["noise_scale"].median()) and median > 0
