@@ -10,7 +10,8 @@ It writes `<reports_dir>/sweep/` as one unit (all files new, or all as they were
   test accuracy, the mean validation accuracy, the verdict (pivot: the means);
 - `summary.json` (a DVC metric): the cells, the `winner` (chosen on validation), each
   cell's comparison with it (`pipeline.analysis.stats`), each cell's time to the
-  `compare.target` validation accuracy and the fastest cell, the `answer`, the machine;
+  `compare.target` validation accuracy, the fastest cell in seconds and the cells its
+  seeds cannot tell from it, the cell with the fewest steps, the `answer`, the machine;
 - `curves.csv`, `cell_curves.csv` (for `dvc plots`), `curves.png`, `heatmap.png`;
 - `report.html`: all of it as one self-contained page (`pipeline.analysis.report`).
 
@@ -128,6 +129,8 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         "target": target,
         "time_to_target": times,
         "fastest_to_target": summary.fastest_to_target(times),
+        "as_fast_as_fastest": summary.as_fast_as_fastest(times),  # their seeds' seconds overlap the fastest's
+        "fewest_steps_to_target": summary.fewest_steps_to_target(times),
         # The gradient noise scale B_simple per cell: the median over seeds of each run's last estimate.
         "noise_scale": noise,
         "answer": text,

@@ -120,6 +120,8 @@ def time_to_target(table: pd.DataFrame, target: float) -> dict[str, dict]:
             values = np.where(reached, group[f"target_{key}"].to_numpy(dtype=float), np.inf)
             median = float(np.median(values))
             entry[f"median_{key}"] = median if np.isfinite(median) else None
+        seconds = group["target_train_seconds"].to_numpy(dtype=float)[reached]
+        entry["range_train_seconds"] = [float(seconds.min()), float(seconds.max())] if reached.any() else None
         out[str(cell)] = entry
     return out
 
@@ -137,6 +139,29 @@ def noise_scales(table: pd.DataFrame) -> dict[str, float | None]:
 def fastest_to_target(times: dict[str, dict]) -> str | None:
     """The cell with the smallest median training time to the target (None if no cell's median is finite)."""
     finite = {c: t["median_train_seconds"] for c, t in times.items() if t["median_train_seconds"] is not None}
+    return min(finite, key=lambda c: (finite[c], c)) if finite else None
+
+
+def as_fast_as_fastest(times: dict[str, dict]) -> list[str]:
+    """The cells the seeds cannot tell from the fastest: a finite median, and a seed that reached the
+    target no later than the fastest cell's slowest seed (their ranges of seconds overlap).
+
+    Seconds of training vary from run to run with the machine's load, steps do not: with a few
+    seeds, two cells a few tenths of a second apart trade places between sweeps.
+    """
+    fastest = fastest_to_target(times)
+    if fastest is None:
+        return []
+    slowest = times[fastest]["range_train_seconds"][1]
+    return [
+        c for c, t in times.items()
+        if c != fastest and t["median_train_seconds"] is not None and t["range_train_seconds"][0] <= slowest
+    ]  # fmt: skip
+
+
+def fewest_steps_to_target(times: dict[str, dict]) -> str | None:
+    """The cell with the fewest median optimizer steps to the target (None if no cell's median is finite)."""
+    finite = {c: t["median_steps"] for c, t in times.items() if t["median_steps"] is not None}
     return min(finite, key=lambda c: (finite[c], c)) if finite else None
 
 
@@ -223,11 +248,20 @@ def target_answer(times: dict[str, dict], target: float) -> str:
     if fastest is None:
         return f"No cell reached {target:g} validation accuracy in most of its seeds within the budget."
     t = times[fastest]
-    return (
+    text = (
         f"Fastest to {target:g} validation accuracy: {fastest} (median {t['median_train_seconds']:.2f} s of "
         f"training, {t['median_steps']:.0f} steps, {t['median_epochs']:.2f} epochs; {t['reached']} of {t['runs']} "
         "seeds reached it)."
     )
+    close = as_fast_as_fastest(times)
+    if close:
+        text += f" Not told apart from it in seconds (their seeds' times overlap): {', '.join(close)}."
+    fewest = fewest_steps_to_target(times)
+    text += (
+        f" Fewest steps to it: {fewest} (median {times[fewest]['median_steps']:.0f}), a count that does not "
+        "depend on the machine."
+    )
+    return text
 
 
 def cell_curves(curves: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
