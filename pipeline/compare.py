@@ -11,7 +11,8 @@ It writes `<reports_dir>/sweep/` as one unit (all files new, or all as they were
 - `summary.json` (a DVC metric): the cells, the `winner` (chosen on validation), each
   cell's comparison with it (`pipeline.analysis.stats`), each cell's time to the
   `compare.target` validation accuracy, the fastest cell in seconds and the cells its
-  seeds cannot tell from it, the cell with the fewest steps, the `answer`, the machine;
+  seeds cannot tell from it, the cell with the fewest steps, how the steps scale with
+  the batch size (`pipeline.analysis.scaling`), the `answer`, the machine;
 - `curves.csv`, `cell_curves.csv` (for `dvc plots`), `curves.png`, `heatmap.png`;
 - `report.html`: all of it as one self-contained page (`pipeline.analysis.report`).
 
@@ -32,7 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.analysis import plots, report, summary
+from pipeline.analysis import plots, report, scaling, summary
 from pipeline.analysis.stats import NOT_SHOWN, Cell, aggregate, compare_with_winner
 from pipeline.core.app import stage_main
 from pipeline.core.env import DVC_STAGE
@@ -133,6 +134,8 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         "fewest_steps_to_target": summary.fewest_steps_to_target(times),
         # The gradient noise scale B_simple per cell: the median over seeds of each run's last estimate.
         "noise_scale": noise,
+        # Steps to the target against batch size, per setting: perfect scaling, the critical batch size.
+        "scaling": scaling.scaling(frame),
         "answer": text,
         # The same per cell as a mapping: `dvc metrics show` shows mappings, not lists.
         "by_cell": {

@@ -1,4 +1,5 @@
-"""The statistics behind the README's answer, against scipy and statsmodels on fixed inputs."""
+"""The statistics behind the README's answer, against scipy and statsmodels on fixed inputs, and the batch-size
+scaling reading on known curves."""
 
 from __future__ import annotations
 
@@ -118,3 +119,44 @@ def test_a_difference_the_test_images_cannot_tell_is_not_called_worse():
     (comparison,) = compare_with_winner(table, cells, 0.05, correct)
     assert comparison["p_welch_holm"] < 0.05 and comparison["p_paired_holm"] >= 0.05
     assert comparison["verdict"] == NOT_SHOWN
+
+
+def scaling_cells(steps: dict[str, float | None], noise: float = 900.0) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"cell": cell, "batch_size": cell.split("-bs")[1], "target_median_steps": s, "noise_scale_median": noise}
+            for cell, s in steps.items()
+        ]
+    )
+
+
+def test_steps_against_batch_size_recover_the_noise_model_and_the_critical_batch_size():
+    from pipeline.analysis.scaling import scaling, sentence
+
+    def model(b: int) -> float:  # McCandlish et al.: S_min = 100 steps, B_noise = 200
+        return 100 * (1 + 200 / b)
+
+    steps = {f"adam-bs{b}": model(b) for b in (512, 32, 128)}  # any order
+    found = scaling(scaling_cells({**steps, "adam-bsfull": 50.0, "adam-bs2048": None}))["adam"]
+    assert [r["batch_size"] for r in found["rows"]] == [32, 128, 512], "numeric, sorted; full and unreached left out"
+    assert found["not_reached"] == ["adam-bs2048"]
+    assert found["fit"] == pytest.approx({"s_min": 100.0, "b_noise": 200.0})
+    ratios = [model(b) / (model(32) * 32 / b) for b in (32, 128, 512)]
+    assert [r["ratio"] for r in found["rows"]] == pytest.approx(ratios)
+    assert ratios[1] < 2 < ratios[2]
+    t = math.log(2 / ratios[1]) / math.log(ratios[2] / ratios[1])  # where the log-log line through them is 2
+    assert found["critical_batch_size"] == pytest.approx(128 * 4**t)
+    assert found["noise_scale"] == 900.0
+    text = sentence({"adam": found})
+    assert "critical batch size about" in text and "fitted B_noise 200" in text
+
+
+def test_perfect_scaling_has_no_critical_batch_size_and_one_batch_size_no_reading():
+    from pipeline.analysis.scaling import scaling, sentence
+
+    found = scaling(scaling_cells({"sgd-bs32": 1600.0, "sgd-bs128": 400.0, "sgd-bs512": 100.0, "adam-bs32": 900.0}))
+    assert [r["ratio"] for r in found["sgd"]["rows"]] == pytest.approx([1, 1, 1])
+    assert found["sgd"]["critical_batch_size"] is None and found["sgd"]["fit"] is None, "no bend: B_noise unbounded"
+    assert found["adam"]["critical_batch_size"] is None and len(found["adam"]["rows"]) == 1
+    text = sentence(found)
+    assert "no bend to 2 x within the sweep" in text and "adam: reached the target at batch size 32 only" in text

@@ -289,6 +289,8 @@ def test_compare_states_both_answers_best_at_the_budget_and_fastest_to_the_targe
     fewest = summary["fewest_steps_to_target"]
     assert times[fewest]["median_steps"] == min(t["median_steps"] for t in times.values() if t["median_steps"])
     assert f"Fewest steps to it: {fewest}" in summary["answer"]
+    assert set(summary["scaling"]) == {"sgd", "adam"}, "one batch size each: rows, but no scaling to read"
+    assert all(s["critical_batch_size"] is None and len(s["rows"]) <= 1 for s in summary["scaling"].values())
     assert "Chosen on validation" in summary["answer"], "both answers"
     for cell, median in summary["noise_scale"].items():  # the median of the seeds' last noise scale estimates
         assert median == pytest.approx(table[table["cell"] == cell]["noise_scale"].median()) and median > 0

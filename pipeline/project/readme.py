@@ -93,6 +93,27 @@ def sweep_pivot(root: Path) -> str:
     return pivot.to_markdown(floatfmt=".4f") + "\n"
 
 
+def batch_scaling(root: Path) -> str:
+    """Steps to the target against batch size per setting, beside the noise scale (summary.json `scaling`)."""
+    from pipeline.analysis.scaling import sentence
+
+    summary = _json(paths_at(root).sweep_report("summary.json"))
+    found = summary.get("scaling") or {}
+    rows = [
+        {
+            "setting": setting,
+            "batch size": row["batch_size"],
+            f"median steps to {summary['target']:g}": f"{row['steps']:.0f}",
+            "perfect scaling": f"{row['perfect_steps']:.0f}",
+            "measured / perfect": f"{row['ratio']:.2f}",
+        }
+        for setting, s in found.items()
+        for row in s["rows"]
+    ]
+    table = pd.DataFrame(rows).to_markdown(index=False) + "\n" if rows else ""
+    return sentence(found) + "\n\n" + table
+
+
 def performance(root: Path) -> str:
     """The benchmark's figures against the seed's script, and which goals they meet (reports/benchmark.json)."""
     bench = _json(paths_at(root).benchmark)
@@ -184,6 +205,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "performance": performance,
     "reference_result": reference_result,
     "sweep_answer": sweep_answer,
+    "batch_scaling": batch_scaling,
     "sweep_pivot": sweep_pivot,
 }
 

@@ -1,0 +1,121 @@
+"""Steps to the target against batch size: how far a sweep's batch sizes are from perfect scaling.
+
+Shallue et al. (JMLR 2019) measured the steps to a target against the batch size: doubling
+the batch halves the steps (perfect scaling) up to a point, then buys less and less. For
+each setting of a sweep (the optimizer, plus any other swept setting) this reads the median
+steps to `compare.target` of its cells at numeric batch sizes that way (with fewer than two
+batch sizes that reached the target: the rows, but no critical batch size and no fit):
+
+- `perfect_steps`: the steps perfect scaling predicts from the smallest batch size that
+  reached the target, `steps(B0) * B0 / B`; `ratio`: measured / predicted (1 = perfect);
+- `critical_batch_size`: where the ratio reaches 2 (measured steps twice the perfect-scaling
+  prediction), interpolated on log-log axes between the two batch sizes around it; None
+  when no measured ratio reaches 2 (the bend lies above the largest batch size that
+  reached the target, or the sweep cannot tell);
+- `fit`: McCandlish et al.'s (2018) model `steps = S_min * (1 + B_noise / B)` fitted by
+  least squares in 1/B: B_noise is the batch size at which a run needs twice the minimum
+  steps, the quantity their gradient noise scale B_simple estimates;
+- `noise_scale`: the median over the setting's cells of the measured B_simple, beside it.
+
+A cell that never reached the target in most of its seeds has no steps: it is left out, and
+named in `not_reached`. Steps are counted at the validations (`train.evals_per_epoch` an
+epoch), so each is an upper bound, at most one validation interval late. The default sweep
+keeps each optimizer's learning rate at every batch size, where the studies tune it for
+each: its reading is that of this sweep, not the optimal-rate curve (`python -m
+pipeline.tune` tunes the rate per cell).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from pipeline.analysis.stats import batch_order
+from pipeline.analysis.summary import row_label
+
+RULE = "measured steps to the target = 2 x the perfect-scaling prediction from the smallest batch size"
+
+
+def crossing(batch_sizes: list[int], ratios: list[float], level: float = 2.0) -> float | None:
+    """The batch size where `ratios` first reach `level`, log-log interpolated; None if they never do."""
+    for i in range(1, len(ratios)):
+        if ratios[i] >= level:
+            (b0, b1), (r0, r1) = batch_sizes[i - 1 : i + 1], ratios[i - 1 : i + 1]
+            if r1 == r0:
+                return float(b1)
+            t = (math.log(level) - math.log(r0)) / (math.log(r1) - math.log(r0))
+            return float(math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0))))
+    return None
+
+
+def fit_noise_model(batch_sizes: list[int], steps: list[float]) -> dict | None:
+    """Least squares of `steps = a + b / B`: {"s_min": a, "b_noise": b / a}; None unless a > 0 and b > 0
+    (a = 0 is perfect scaling at every batch size: B_noise beyond any measured)."""
+    if len(batch_sizes) < 2:
+        return None
+    x = [1.0 / b for b in batch_sizes]
+    mean_x, mean_y = sum(x) / len(x), sum(steps) / len(steps)
+    sxx = sum((v - mean_x) ** 2 for v in x)
+    b = sum((v - mean_x) * (s - mean_y) for v, s in zip(x, steps, strict=True)) / sxx
+    a = mean_y - b * mean_x
+    return {"s_min": a, "b_noise": b / a} if a > 1e-9 * mean_y and b > 0 else None  # a ~ 0: perfect scaling
+
+
+def scaling(cells: pd.DataFrame) -> dict[str, dict]:
+    """Per setting with numeric batch sizes: the rows, the critical batch size and the fit (None with
+    fewer than two batch sizes that reached the target), the cells that did not reach it.
+
+    `cells` is compare's cells frame (`target_median_steps`, `noise_scale_median` per cell).
+    """
+    out: dict[str, dict] = {}
+    frame = cells.assign(setting=[row_label(c, b) for c, b in zip(cells["cell"], cells["batch_size"], strict=True)])
+    for setting, group in frame.groupby("setting", sort=False):
+        numeric = group[group["batch_size"].astype(str).str.isdigit()]
+        numeric = numeric.iloc[sorted(range(len(numeric)), key=lambda i: batch_order(numeric["batch_size"].iloc[i]))]
+        reached = numeric[numeric["target_median_steps"].notna()]
+        if not len(numeric):
+            continue
+        sizes = [int(b) for b in reached["batch_size"]]
+        steps = [float(s) for s in reached["target_median_steps"]]
+        perfect = [steps[0] * sizes[0] / b for b in sizes]
+        ratios = [s / p for s, p in zip(steps, perfect, strict=True)]
+        noise = group["noise_scale_median"].dropna()
+        out[str(setting)] = {
+            "rows": [
+                {"batch_size": b, "steps": s, "perfect_steps": p, "ratio": r}
+                for b, s, p, r in zip(sizes, steps, perfect, ratios, strict=True)
+            ],
+            "not_reached": [str(c) for c in numeric.loc[numeric["target_median_steps"].isna(), "cell"]],
+            "critical_batch_size": crossing(sizes, ratios),
+            "rule": RULE,
+            "fit": fit_noise_model(sizes, steps),
+            "noise_scale": float(noise.median()) if len(noise) else None,
+        }
+    return out
+
+
+def sentence(found: dict[str, dict]) -> str:
+    """The reading in words, one clause per setting."""
+    if not found:
+        return "The sweep has no numeric batch sizes: it does not show how steps scale."
+    parts = []
+    for setting, s in found.items():
+        if len(s["rows"]) < 2:
+            where = f"batch size {s['rows'][0]['batch_size']} only" if s["rows"] else "no batch size"
+            parts.append(f"{setting}: reached the target at {where}, so no scaling to read")
+            continue
+        first, last = s["rows"][0], s["rows"][-1]
+        text = (
+            f"{setting}: from batch size {first['batch_size']} to {last['batch_size']} the steps to the target went "
+            f"from {first['steps']:.0f} to {last['steps']:.0f} ({last['ratio']:.2f} x perfect scaling's "
+            f"{last['perfect_steps']:.0f})"
+        )
+        critical = s["critical_batch_size"]
+        text += f", critical batch size about {critical:.0f}" if critical else ", no bend to 2 x within the sweep"
+        if s["fit"]:
+            text += f"; fitted B_noise {s['fit']['b_noise']:.0f}"
+        if s["noise_scale"]:
+            text += f", measured B_simple {s['noise_scale']:.0f}"
+        parts.append(text)
+    return "; ".join(parts) + "."
