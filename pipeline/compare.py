@@ -106,7 +106,8 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
     times = summary.time_to_target(table, target)
     text = summary.answer(cells, comparisons, alpha, paired=bool(correct)) + " " + summary.target_answer(times, target)
     noise = summary.noise_scales(table)
-    frame = summary.cells_frame(cells, comparisons, times, noise)
+    noise_at_target = summary.noise_scales(table, "noise_scale_at_target")
+    frame = summary.cells_frame(cells, comparisons, times, noise, noise_at_target)
     mean_curves = summary.cell_curves(curves, table)
     finished = int((table["status"] == "FINISHED").sum())
     tags = parent.data.tags
@@ -134,6 +135,8 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         "fewest_steps_to_target": summary.fewest_steps_to_target(times),
         # The gradient noise scale B_simple per cell: the median over seeds of each run's last estimate.
         "noise_scale": noise,
+        # ... and of the estimate at the end of the epoch in which each run reached the target.
+        "noise_scale_at_target": noise_at_target,
         # Steps to the target against batch size, per setting: perfect scaling, the critical batch size.
         "scaling": scaling.scaling(frame),
         "answer": text,

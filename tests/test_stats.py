@@ -124,7 +124,12 @@ def test_a_difference_the_test_images_cannot_tell_is_not_called_worse():
 def scaling_cells(steps: dict[str, float | None], noise: float = 900.0) -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"cell": cell, "batch_size": cell.split("-bs")[1], "target_median_steps": s, "noise_scale_median": noise}
+            {
+                "cell": cell,
+                "batch_size": cell.split("-bs")[1],
+                "target_median_steps": s,
+                "noise_scale_at_target_median": noise,
+            }
             for cell, s in steps.items()
         ]
     )

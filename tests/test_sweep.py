@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -296,5 +297,12 @@ def test_compare_states_both_answers_best_at_the_budget_and_fastest_to_the_targe
         assert median == pytest.approx(table[table["cell"] == cell]["noise_scale"].median()) and median > 0
     published = pd.read_csv(project_paths(cfg).sweep_report("cells.csv")).set_index("cell")["noise_scale_median"]
     assert published.to_dict() == pytest.approx(summary["noise_scale"])
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    for run in table[table["target_reached"]].itertuples():  # the estimate at the end of the epoch it got there
+        history = {m.step: m.value for m in client.get_metric_history(run.run_id, "noise_scale")}
+        assert run.noise_scale_at_target == history[math.ceil(run.target_epochs - 1e-9)], run.run_name
+    assert table.loc[~table["target_reached"], "noise_scale_at_target"].isna().all()
+    at_target = summary["noise_scale_at_target"]
+    assert set(at_target) == set(times) and any(v is not None for v in at_target.values())
     with pytest.raises(PipelineError, match=r"compare.target=0.9, but runs .* recorded their time to 0.5"):
         compare_sweep(tiny_data_cfg("compare.target=0.9"))

@@ -26,7 +26,8 @@ COLUMNS = {
     "p_paired_holm": "p paired (Holm)",
     "target_share": "share reaching target",
     "target_median_seconds": "median s to target",
-    "noise_scale_median": "noise scale B_simple",
+    "noise_scale_median": "noise scale B_simple (last)",
+    "noise_scale_at_target_median": "B_simple at target",
 }
 STYLE = (
     "body{font-family:sans-serif;max-width:70em;margin:2em auto;color:#222}"

@@ -28,6 +28,7 @@ RUN_COLUMNS = [
     "test_accuracy",
     "test_loss",
     "noise_scale",
+    "noise_scale_at_target",
     "status",
     "failure_reason",
 ]
@@ -67,6 +68,7 @@ def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["target_reached"] = run.data.tags.get("target.reached") == "true"
         for key in TARGET_KEYS:  # when the run first reached the target; NaN if never
             row[f"target_{key}"] = metrics.get(f"target.{key}", np.nan)
+        row["noise_scale_at_target"] = noise_at(client, run.info.run_id, row["target_epochs"])
         history = {
             name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)} for name in CURVE_METRICS
         }
@@ -83,6 +85,17 @@ def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = table.sort_values(["test_accuracy", "run_name"], ascending=[False, True], na_position="last")
     columns = ["run_id", "run_name", "cell", "optimizer", "batch_size", "seed", "epoch", "val_loss", "val_accuracy"]
     return table.reset_index(drop=True), pd.DataFrame(curves, columns=[*columns, "epoch_seconds"])
+
+
+def noise_at(client: Any, run_id: str, epochs: float) -> float:
+    """The run's noise scale estimate at the end of the epoch in which it reached the target (`epochs`
+    into training); NaN if it never did, or has no estimate then. Estimates are once an epoch, after
+    its training, so this is at most one epoch after the target and the nearest to it."""
+    if not np.isfinite(epochs):
+        return np.nan
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "noise_scale")}
+    later = [step for step in history if step >= epochs - 1e-9]
+    return history[min(later)] if later else np.nan
 
 
 def load_correctness(client: Any, table: pd.DataFrame, folder: Path) -> dict[str, np.ndarray]:
@@ -126,12 +139,13 @@ def time_to_target(table: pd.DataFrame, target: float) -> dict[str, dict]:
     return out
 
 
-def noise_scales(table: pd.DataFrame) -> dict[str, float | None]:
-    """Per cell, the median over its finished runs of their last gradient noise scale (None if none has one)."""
+def noise_scales(table: pd.DataFrame, column: str = "noise_scale") -> dict[str, float | None]:
+    """Per cell, the median over its finished runs of their last gradient noise scale, or of `column`
+    (`noise_scale_at_target`: the estimate when they reached the target); None if none has one."""
     done = table[table["status"] == "FINISHED"]
     out = {}
     for cell, group in done.groupby("cell", sort=False):
-        values = group["noise_scale"].dropna() if "noise_scale" in group else pd.Series(dtype=float)
+        values = group[column].dropna() if column in group else pd.Series(dtype=float)
         out[str(cell)] = float(values.median()) if len(values) else None
     return out
 
@@ -175,9 +189,10 @@ def cells_frame(
     comparisons: list[dict],
     times: dict[str, dict] | None = None,
     noise: dict[str, float | None] | None = None,
+    noise_at_target: dict[str, float | None] | None = None,
 ) -> pd.DataFrame:
     """One row per cell: n, test mean, std, interval, validation mean, the verdict and the corrected p-values,
-    the time to the target and the median last gradient noise scale."""
+    the time to the target and the median gradient noise scale (last, and when the target was reached)."""
     by_cell = {c["cell"]: c for c in comparisons}
     rows = []
     for i, c in enumerate(cells):
@@ -200,12 +215,13 @@ def cells_frame(
                 "target_median_seconds": (times or {}).get(c.cell, {}).get("median_train_seconds"),
                 "target_median_steps": (times or {}).get(c.cell, {}).get("median_steps"),
                 "noise_scale_median": (noise or {}).get(c.cell),
+                "noise_scale_at_target_median": (noise_at_target or {}).get(c.cell),
             }
         )
     return pd.DataFrame(rows, columns=["cell", "optimizer", "batch_size", "n", "mean", "std", "ci95_low", "ci95_high",
                                        "val_mean", "verdict", "p_welch_holm", "p_paired_holm", "target_share",
                                        "target_median_seconds", "target_median_steps",
-                                       "noise_scale_median"])  # fmt: skip
+                                       "noise_scale_median", "noise_scale_at_target_median"])  # fmt: skip
 
 
 def pivot(cells: pd.DataFrame, value: str = "mean") -> pd.DataFrame:

@@ -68,10 +68,11 @@ def sweep_answer(root: Path) -> str:
         cells[reach] = [f"{times[c]['reached']} of {times[c]['runs']}" for c in cells["cell"]]
         cells[when] = [_seconds(times[c]["median_train_seconds"]) for c in cells["cell"]]
         columns += [reach, when]
-    noise = summary.get("noise_scale")
-    if noise:  # the gradient noise scale each cell ended with (median over seeds)
-        cells["noise scale (last)"] = ["-" if noise.get(c) is None else f"{noise[c]:,.0f}" for c in cells["cell"]]
-        columns.append("noise scale (last)")
+    for key, column in (("noise_scale", "noise scale (last)"), ("noise_scale_at_target", "noise scale at target")):
+        noise = summary.get(key)  # the gradient noise scale (median over seeds): at the end, and at the target
+        if noise:
+            cells[column] = ["-" if noise.get(c) is None else f"{noise[c]:,.0f}" for c in cells["cell"]]
+            columns.append(column)
     table = cells[columns]
     machine = summary["machine"]
     return (
