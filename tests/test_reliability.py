@@ -39,6 +39,10 @@ def all_runs(cfg):
         (["split.val_fraction=1.5"], "split.val_fraction=1.5 is not allowed"),
         (["model.hidden_units=[512,-3]"], "model.hidden_units=[512, -3] is not allowed"),
         (["train.epoch=3"], "Could not override 'train.epoch'"),
+        (
+            ["train.backend=tensorflow", "train.stop_at_target=true"],
+            "train.stop_at_target=true needs train.backend=jax",
+        ),
     ],
 )
 def test_bad_value_exits_non_zero_with_message_and_changes_nothing(tmp_path, overrides, message):

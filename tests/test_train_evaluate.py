@@ -249,6 +249,32 @@ def test_a_run_records_when_it_first_reached_the_target_or_that_it_never_did(tin
     assert time_to_target([{"val_accuracy": 0.5, "step": 1}], 0.97) is None
 
 
+def test_stop_at_target_ends_the_run_at_its_first_validation_there_having_trained_the_same_until_then(tiny_data_cfg):
+    """`train.stop_at_target=true`: the same evaluations as the full run up to the first at or above
+    compare.target, then no more; the stopped epoch is the history's last row, with its noise estimate."""
+    import math
+
+    from pipeline.training.loop import fit, time_to_target
+
+    cfg = tiny_data_cfg("train.epochs=6", "compare.target=0.5")  # 12 steps an epoch, validated every 3
+    train_split, val = load_split(cfg, "train"), load_split(cfg, "val")
+    full = fit(cfg, train_split, val)
+    first = time_to_target(full.evaluations, 0.5)
+    assert first is not None and first["step"] < 6 * 12, "the target is reached before the budget ends"
+    cfg.train.stop_at_target = True
+    stopped = fit(cfg, train_split, val)
+
+    def same(evaluations: list[dict]) -> list[dict]:
+        return [{k: v for k, v in e.items() if k != "train_seconds"} for e in evaluations]
+
+    upto = full.evaluations.index(first) + 1
+    assert same(stopped.evaluations) == same(full.evaluations[:upto]), "identical training until the target"
+    assert len(stopped.history) == math.ceil(first["epoch"]) < len(full.history)
+    assert stopped.history[-1]["val_accuracy"] == first["val_accuracy"] and "noise_scale" in stopped.history[-1]
+    run = client_for(cfg).get_run(run_experiment(cfg)["run_id"])
+    assert run.data.metrics["target.steps"] == first["step"] and run.data.params["train.stop_at_target"] == "True"
+
+
 def test_the_logged_model_carries_its_validation_and_test_metrics(trained):
     """MLflow 3 logged models: the Models tab and search_logged_models rank a project's models by them."""
     cfg, result, metrics = trained

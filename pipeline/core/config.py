@@ -96,6 +96,7 @@ class TrainConfig:
     backend: Backend = Backend.jax
     epochs: int = 5
     evals_per_epoch: int = 4  # validation passes an epoch (JAX backend; TensorFlow: 1): time to a target
+    stop_at_target: bool = False  # end a run at its first validation at or above compare.target (JAX)
     batch_size: Any = 128  # a positive integer, or "full"
     seed: int = 0
     lr_factor: float = 1.0  # multiplies optimizer.learning_rate: what a learning-rate search varies
@@ -264,6 +265,11 @@ def check_config(cfg: DictConfig) -> None:
         raise _bad("train.lr_factor", train.lr_factor, "a finite number > 0", "1.0")
     if train.threads is not None and train.threads <= 0:
         raise _bad("train.threads", train.threads, "a positive integer or null (all cores)", "2")
+    if train.stop_at_target and backend_name(cfg) != "jax":
+        raise PipelineError(
+            "train.stop_at_target=true needs train.backend=jax (the backend that validates within an epoch), "
+            f"not train.backend={backend_name(cfg)}: set train.backend=jax or train.stop_at_target=false"
+        )
     noise = train.noise_scale
     if noise.small_batch <= 0:
         raise _bad("train.noise_scale.small_batch", noise.small_batch, "a positive integer", "32")

@@ -270,6 +270,8 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
     small = int(cfg.train.noise_scale.small_batch)
     sub_batches = min(int(cfg.train.noise_scale.examples), n) // small
     noise_rng = np.random.default_rng([int(cfg.train.seed), 1]) if sub_batches >= 2 else None
+    # A time-to-target study needs no training past the target: the run ends at the first validation that reaches it.
+    stop_at = float(cfg.compare.target) if cfg.train.get("stop_at_target") else None
     fit_started, trained, noise_seconds = time.perf_counter(), 0.0, 0.0
     for epoch in range(1, epochs + 1):
         started, loss_sum, correct = time.perf_counter(), 0.0, 0.0
@@ -295,8 +297,11 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
                     "val_accuracy": val_accuracy,
                 }  # fmt: skip
             )
+            if stop_at is not None and val_accuracy >= stop_at:
+                break
         seconds = time.perf_counter() - started
-        row = {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n}
+        seen = min(last * batch_size, n)  # n, unless the run stopped at the target inside this epoch
+        row = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen}
         row.update(val_loss=val_loss, val_accuracy=val_accuracy)
         if noise_rng is not None:  # a measurement, not training: its time is its own (`noise.seconds`)
             measuring = time.perf_counter()
@@ -311,7 +316,11 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
                 + " - ".join(f"{k}: {row[k]:.4f}" for k in CURVE_COLUMNS[1:]),
                 flush=True,
             )
-        end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": n / seconds}, start)
+        end_epoch({**row, "epoch_seconds": seconds, "samples_per_second": seen / seconds}, start)
+        if stop_at is not None and val_accuracy >= stop_at:
+            log.info("Reached compare.target=%g at step %d: stopped (train.stop_at_target)", stop_at,
+                     evaluations[-1]["step"])  # fmt: skip
+            break
     seconds = time.perf_counter() - fit_started - noise_seconds  # training and validation
     for variable, value in zip(model.trainable_variables, state[0], strict=True):
         variable.assign(value)
