@@ -219,6 +219,8 @@ class Command:
                 if line.startswith(prefix):
                     return lines[: i + 1]
             ended = self.proc.poll() is not None and not self._reader.is_alive()
+            if ended and len(self.lines) > len(lines):
+                continue  # the last lines came in after the copy: read them before giving up
             if ended or time.monotonic() > deadline:
                 why = f"exited with {self.proc.returncode}" if ended else f"still running after {timeout:g} s"
                 raise AssertionError(f"no line starting {prefix!r}: {why}; last lines:\n{''.join(lines[-30:])}")
@@ -240,9 +242,8 @@ class Command:
         return "".join(self.lines)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the group: also what outlived its leader (workers)
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=60)
 
 

@@ -261,6 +261,7 @@ def test_stop_at_target_ends_the_run_at_its_first_validation_there_having_traine
     full = fit(cfg, train_split, val)
     first = time_to_target(full.evaluations, 0.5)
     assert first is not None and first["step"] < 6 * 12, "the target is reached before the budget ends"
+    assert first["epoch"] % 1, "inside an epoch: the stopped epoch's row averages the batches it trained"
     cfg.train.stop_at_target = True
     stopped = fit(cfg, train_split, val)
 
@@ -271,6 +272,7 @@ def test_stop_at_target_ends_the_run_at_its_first_validation_there_having_traine
     assert same(stopped.evaluations) == same(full.evaluations[:upto]), "identical training until the target"
     assert len(stopped.history) == math.ceil(first["epoch"]) < len(full.history)
     assert stopped.history[-1]["val_accuracy"] == first["val_accuracy"] and "noise_scale" in stopped.history[-1]
+    assert 0 < stopped.history[-1]["accuracy"] <= 1 and stopped.history[-1]["loss"] > 0
     run = client_for(cfg).get_run(run_experiment(cfg)["run_id"])
     assert run.data.metrics["target.steps"] == first["step"] and run.data.params["train.stop_at_target"] == "True"
 

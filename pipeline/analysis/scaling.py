@@ -15,8 +15,8 @@ batch sizes that reached the target: the rows, but no critical batch size and no
 - `fit`: McCandlish et al.'s (2018) model `steps = S_min * (1 + B_noise / B)` fitted by
   least squares in 1/B: B_noise is the batch size at which a run needs twice the minimum
   steps, the quantity their gradient noise scale B_simple estimates;
-- `noise_scale`: the median over the setting's cells of the measured B_simple when their runs
-  reached the target (compare's `noise_scale_at_target_median`), beside it.
+- `noise_scale`: the median over the cells in the rows of the measured B_simple when their
+  runs reached the target (compare's `noise_scale_at_target_median`), beside it.
 
 A cell that never reached the target in most of its seeds has no steps: it is left out, and
 named in `not_reached`. Steps are counted at the validations (`train.evals_per_epoch` an
@@ -81,7 +81,7 @@ def scaling(cells: pd.DataFrame) -> dict[str, dict]:
         steps = [float(s) for s in reached["target_median_steps"]]
         perfect = [steps[0] * sizes[0] / b for b in sizes]
         ratios = [s / p for s, p in zip(steps, perfect, strict=True)]
-        noise = group["noise_scale_at_target_median"].dropna()
+        noise = reached["noise_scale_at_target_median"].dropna()  # the cells in the rows only
         out[str(setting)] = {
             "rows": [
                 {"batch_size": b, "steps": s, "perfect_steps": p, "ratio": r}

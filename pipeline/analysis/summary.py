@@ -6,6 +6,7 @@ exist only in the store that ran them, so they go to the parent run's artifacts 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,12 @@ def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def noise_at(client: Any, run_id: str, epochs: float) -> float:
     """The run's noise scale estimate at the end of the epoch in which it reached the target (`epochs`
-    into training); NaN if it never did, or has no estimate then. Estimates are once an epoch, after
-    its training, so this is at most one epoch after the target and the nearest to it."""
+    into training); NaN if it never did, or has no estimate for that epoch. Estimates are once an
+    epoch, after its training, so this is at most one epoch after the target and the nearest to it."""
     if not np.isfinite(epochs):
         return np.nan
     history = {m.step: m.value for m in client.get_metric_history(run_id, "noise_scale")}
-    later = [step for step in history if step >= epochs - 1e-9]
-    return history[min(later)] if later else np.nan
+    return history.get(math.ceil(epochs - 1e-9), np.nan)
 
 
 def load_correctness(client: Any, table: pd.DataFrame, folder: Path) -> dict[str, np.ndarray]:
@@ -158,7 +158,8 @@ def fastest_to_target(times: dict[str, dict]) -> str | None:
 
 def as_fast_as_fastest(times: dict[str, dict]) -> list[str]:
     """The cells the seeds cannot tell from the fastest: a finite median, and a seed that reached the
-    target no later than the fastest cell's slowest seed (their ranges of seconds overlap).
+    target no later than the slowest of the fastest cell's seeds that reached it (their ranges of
+    seconds overlap).
 
     Seconds of training vary from run to run with the machine's load, steps do not: with a few
     seeds, two cells a few tenths of a second apart trade places between sweeps.
