@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,32 @@ def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, s
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 2, "curves so far are kept"
     assert paths.model.read_bytes() == b"previous"
     assert paths.history.read_bytes() == b"previous"
+
+
+def test_a_stop_inside_the_stores_sql_waits_until_the_interpreter_has_left_it():
+    """A signal that lands in SQLAlchemy code is raised 50 ms later, outside it; elsewhere at once."""
+    from pipeline.core import errors
+
+    store_module = {"__name__": "sqlalchemy.engine.example", "errors": errors, "sys": sys}
+    exec("def write():\n    errors.raise_terminated(15, sys._getframe())\n    return 'committed'", store_module)
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        assert store_module["write"]() == "committed", "not raised inside the SQL code"
+        assert isinstance(errors.STOPS[-1], errors.Terminated)
+        with pytest.raises(errors.Terminated):
+            time.sleep(5)  # outside it: the timer's next look raises the stop
+        errors.STOPS.clear()
+        with pytest.raises(errors.Terminated):
+            errors.raise_terminated(15, sys._getframe())  # outside store code: at once
+        store_module["write"]()
+        with pytest.raises(errors.Terminated):
+            errors.check_stop()  # the training loop's safe point raises it first ...
+        time.sleep(0.3)  # ... and the timer no longer does
+    finally:
+        errors.STOPS.clear()
+        errors.PENDING.clear()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg):
