@@ -187,11 +187,15 @@ def test_serving_scores_two_images_over_rest(sweep_store, tmp_path):
         assert [p["digit"] for p in predictions] == list(local["digit"])
         assert all(0 < p["probability"] <= 1 for p in predictions)
         two = [test.x[i].reshape(28, 28).tolist() for i in (0, 1)]
-        formats = {  # the scoring protocol's column forms, with images or rows
+        flat = [test.x[i].tolist() for i in (0, 1)]
+        formats = {  # the scoring protocol's four JSON formats, with images or rows
             "dataframe_split": {"dataframe_split": {"columns": ["image"], "data": [[image] for image in two]}},
-            "dataframe_split rows": {
-                "dataframe_split": {"columns": ["pixels"], "data": [[test.x[i].tolist()] for i in (0, 1)]}
-            },
+            "dataframe_split rows": {"dataframe_split": {"columns": ["pixels"], "data": [[row] for row in flat]}},
+            "instances": {"instances": [{"image": image} for image in two]},
+            "instances rows": {"instances": [{"pixels": row} for row in flat]},
+            "inputs": {"inputs": {"image": two}},
+            "inputs rows": {"inputs": {"pixels": flat}},
+            "inputs records": {"inputs": [{"image": two[0]}, {"pixels": flat[1]}]},
         }
         for name, body in formats.items():
             answered = http_post_json(f"http://127.0.0.1:{port}/invocations", body, timeout=30)["predictions"]
@@ -208,11 +212,19 @@ def test_serving_scores_two_images_over_rest(sweep_store, tmp_path):
             "0-255 grey levels": ([{"image": (test.x[0] * 255).reshape(28, 28).tolist()}], "divide 0-255 by 255"),
             "wrong shape": ([{"pixels": [0.0] * 756}], "`pixels` has 756 values"),
         }
-        for case, (records, message) in bad.items():
+        requests = {case: {"dataframe_records": records} for case, (records, _) in bad.items()}
+        requests["wrong shape (instances)"] = {"instances": [{"pixels": [0.0] * 756}]}
+        requests["both forms in one row (instances)"] = {"instances": [{"image": image}, {"pixels": flat[1]}]}
+        requests["values that are no grid (inputs)"] = {"inputs": {"pixels": ["seven"]}}
+        messages = {case: message for case, (_, message) in bad.items()}
+        messages["wrong shape (instances)"] = "`pixels` has 756 values"
+        messages["both forms in one row (instances)"] = "record 0 has both fields"
+        messages["values that are no grid (inputs)"] = "`pixels` is not a grid of numbers"
+        for case, request in requests.items():
             with pytest.raises(urllib.error.HTTPError) as refused:
-                http_post_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records}, timeout=30)
+                http_post_json(f"http://127.0.0.1:{port}/invocations", request, timeout=30)
             body = json.loads(refused.value.read())
-            assert refused.value.code == 400 and message in body["message"], (case, body)
+            assert refused.value.code == 400 and messages[case] in body["message"], (case, body)
             assert "Traceback" not in body["message"], case
     finally:
         with contextlib.suppress(ProcessLookupError):

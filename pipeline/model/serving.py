@@ -4,6 +4,12 @@
 has two optional inputs, `image` (28 x 28 floats in [0, 1], digit white on black, as
 MNIST) and `pixels` (the same 784 values as one flat row); each record gives one of
 them. It returns `digit` and `probability` (of that digit) and `probabilities` (all ten).
+
+The inputs are typed `Any`, and `as_rows` checks their shape and range: MLflow 3.17 turns
+the scoring protocol's `instances` rows into one stacked array per field, which an
+`Array` column type refuses ("Data must be 1-dimensional"), so typed arrays would serve
+only `dataframe_records`, `dataframe_split` and `inputs`. With `Any`, all four formats
+reach `as_rows` as one record per image.
 `to_mnist` converts an image file the way MNIST was made, for `pipeline.predict`.
 """
 
@@ -28,14 +34,9 @@ def signature() -> Any:
     """`image` (28 x 28) or `pixels` (784) in; digit, its probability and all ten out."""
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
-    from mlflow.types.schema import Array, ColSpec, Schema
+    from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
-    inputs = Schema(
-        [
-            ColSpec(Array(Array(DataType.double)), "image", required=False),
-            ColSpec(Array(DataType.double), "pixels", required=False),
-        ]
-    )
+    inputs = Schema([ColSpec(AnyType(), "image", required=False), ColSpec(AnyType(), "pixels", required=False)])
     outputs = Schema(
         [
             ColSpec(DataType.long, "digit"),
@@ -46,9 +47,9 @@ def signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def input_example() -> dict:
-    """One blank image, in the `image` form (what the MLflow UI shows as an example request)."""
-    return {"image": [[0.0] * SIDE for _ in range(SIDE)]}
+def input_example() -> list[dict]:
+    """One record holding a blank image (MLflow writes it as the `inputs` request of `serving_input_example.json`)."""
+    return [{"image": [[0.0] * SIDE for _ in range(SIDE)]}]
 
 
 FIELDS = "`image` (28 x 28 values) or `pixels` (784 values), each a grey level in [0, 1]"
@@ -68,9 +69,11 @@ def as_rows(data: Any) -> np.ndarray:
         raise _refused(f"no record holds {FIELDS}: a misspelt or missing field? (unknown fields are dropped)")
     rows = []
     for i, record in enumerate(frame.to_dict("records")):
-        field = next((k for k in ("image", "pixels") if _present(record.get(k))), None)
-        if field is None:
-            raise _refused(f"record {i} has neither field: give {FIELDS}")
+        given = [k for k in ("image", "pixels") if _present(record.get(k))]
+        if len(given) != 1:
+            which = "neither field" if not given else "both fields"
+            raise _refused(f"record {i} has {which}: give one of {FIELDS} (`instances`: the same one in every row)")
+        field = given[0]
         try:
             row = np.asarray(record[field], dtype=np.float32).reshape(-1)
         except (TypeError, ValueError) as err:
