@@ -98,6 +98,11 @@ def test_optimizer_file_needs_only_target_and_arguments(tmp_path, compose_cfg):
         ("compare.alpha=1.5", "compare.alpha=1.5 is not allowed"),
         ("+train.batchsize=3", "train.batchsize is not a setting of this pipeline (misspelt?)"),
         ("+foo=1", "foo is not a setting of this pipeline"),
+        ("scaling.seeds=[]", "scaling.seeds=[] is not allowed. Fix it, e.g. scaling.seeds=[1,2,3]"),
+        ("scaling.batch_sizes=[16,0]", "scaling.batch_sizes=[16, 0] is not allowed"),
+        ("scaling.rate_range=[1.0,0.1]", "scaling.rate_range=[1.0, 0.1] is not allowed"),
+        ("scaling.eval_ratio=1.0", "scaling.eval_ratio=1.0 is not allowed"),
+        ("scaling.workloads.mnist.target=97", "scaling.workloads.mnist.target=97.0 is not a validation accuracy"),
     ],
 )
 def test_bad_values_are_named_with_allowed_values(tmp_path, override, message):

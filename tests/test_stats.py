@@ -3,6 +3,7 @@ scaling reading on known curves."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -166,3 +167,32 @@ def test_perfect_scaling_has_no_critical_batch_size_and_one_batch_size_no_readin
     assert found["adam"]["critical_batch_size"] is None and len(found["adam"]["rows"]) == 1
     text = sentence(found)
     assert "no bend to 2 x within the sweep" in text and "adam: reached the target at batch size 32 only" in text
+
+
+def test_regimes_are_read_from_the_local_slope():
+    from pipeline.analysis.scaling import DIMINISHING, MAXIMAL, PERFECT, regime_text, regimes
+
+    sizes = [16, 32, 64, 128, 256]
+    steps = [1600.0, 800.0, 500.0, 450.0, 440.0]  # slopes -1, -0.68, -0.15, -0.03
+    found = regimes(sizes, steps)
+    assert [r["slope"] for r in found] == pytest.approx([math.log2(s1 / s0) for s0, s1 in itertools.pairwise(steps)])
+    assert [r["regime"] for r in found] == [PERFECT, DIMINISHING, MAXIMAL, MAXIMAL]
+    text = regime_text({"regimes": found})
+    assert text == "perfect scaling 16-32, diminishing returns 32-64, maximal data parallelism 64-256"
+
+
+def test_performance_profiles_are_the_share_of_workloads_within_tau_of_the_best():
+    from pipeline.analysis.profiles import profiles
+
+    times = {
+        "mnist": {"sgd": 4.0, "adam": 2.0, "momentum": 3.0},
+        "fashion": {"sgd": None, "adam": 6.0, "momentum": 5.0},
+        "nobody": {"sgd": None, "adam": None, "momentum": None},
+    }
+    found = profiles(times, [1.0, 1.25, 2.0, 4.0])
+    assert found["unsolved"] == ["nobody"], "a workload no optimizer solved says nothing about them"
+    assert found["ratios"]["mnist"] == {"sgd": 2.0, "adam": 1.0, "momentum": 1.5}
+    assert found["ratios"]["fashion"]["adam"] == pytest.approx(1.2) and math.isinf(found["ratios"]["fashion"]["sgd"])
+    assert found["profiles"]["adam"] == {"1": 0.5, "1.25": 1.0, "2": 1.0, "4": 1.0}
+    assert found["profiles"]["momentum"] == {"1": 0.5, "1.25": 0.5, "2": 1.0, "4": 1.0}
+    assert found["profiles"]["sgd"] == {"1": 0.0, "1.25": 0.0, "2": 0.5, "4": 0.5}, "never reached: never within tau"

@@ -16,7 +16,11 @@ batch sizes that reached the target: the rows, but no critical batch size and no
   least squares in 1/B: B_noise is the batch size at which a run needs twice the minimum
   steps, the quantity their gradient noise scale B_simple estimates;
 - `noise_scale`: the median over the cells in the rows of the measured B_simple when their
-  runs reached the target (compare's `noise_scale_at_target_median`), beside it.
+  runs reached the target (compare's `noise_scale_at_target_median`), beside it;
+- `regimes` (`regimes`): Shallue et al.'s three regimes read from the local slope of log
+  steps against log batch size between neighbouring batch sizes: perfect scaling (slope
+  <= -0.75: doubling the batch nearly halves the steps), diminishing returns, and maximal
+  data parallelism (slope >= -0.25: the steps no longer fall).
 
 A cell that never reached the target in most of its seeds has no steps: it is left out, and
 named in `not_reached`. Steps are counted at the validations (`train.evals_per_epoch` an
@@ -29,6 +33,7 @@ pipeline.tune` tunes the rate per cell).
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pandas as pd
 
@@ -36,6 +41,18 @@ from pipeline.analysis.stats import batch_order
 from pipeline.analysis.summary import row_label
 
 RULE = "measured steps to the target = 2 x the perfect-scaling prediction from the smallest batch size"
+PERFECT, DIMINISHING, MAXIMAL = "perfect scaling", "diminishing returns", "maximal data parallelism"
+SLOPES = (-0.75, -0.25)  # local slope of log steps vs log batch size: <= first: perfect; >= second: maximal
+
+
+def regimes(batch_sizes: list[int], steps: list[float]) -> list[dict]:
+    """Between each two neighbouring batch sizes, the local log-log slope of the steps and its regime."""
+    out = []
+    for (b0, b1), (s0, s1) in zip(pairwise(batch_sizes), pairwise(steps), strict=True):
+        slope = (math.log(s1) - math.log(s0)) / (math.log(b1) - math.log(b0))
+        regime = PERFECT if slope <= SLOPES[0] else MAXIMAL if slope >= SLOPES[1] else DIMINISHING
+        out.append({"from": b0, "to": b1, "slope": slope, "regime": regime})
+    return out
 
 
 def crossing(batch_sizes: list[int], ratios: list[float], level: float = 2.0) -> float | None:
@@ -92,6 +109,7 @@ def scaling(cells: pd.DataFrame) -> dict[str, dict]:
             "rule": RULE,
             "fit": fit_noise_model(sizes, steps),
             "noise_scale": float(noise.median()) if len(noise) else None,
+            "regimes": regimes(sizes, steps),
         }
     return out
 
@@ -120,3 +138,78 @@ def sentence(found: dict[str, dict]) -> str:
             text += f", measured B_simple {s['noise_scale']:.0f}"
         parts.append(text)
     return "; ".join(parts) + "."
+
+
+def study_reading(points: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """A scaling study's points (`pipeline.sweeps.study.Point.row`) read per workload and optimizer as above."""
+    out = {}
+    for workload, group in points.groupby("workload", sort=False):
+        cells = pd.DataFrame(
+            {
+                "cell": [f"{o}-bs{b}" for o, b in zip(group["optimizer"], group["batch_size"], strict=True)],
+                "batch_size": group["batch_size"].astype(str),
+                "target_median_steps": group["median_steps"],
+                "noise_scale_at_target_median": group["noise_scale_at_target"],
+            }
+        )
+        out[str(workload)] = scaling(cells)
+    return out
+
+
+def regime_text(found: dict) -> str:
+    """`perfect scaling 16-128, diminishing returns 128-2048, ...`: neighbouring pairs of one regime merged."""
+    spans: list[list] = []
+    for pair in found["regimes"]:
+        if spans and spans[-1][0] == pair["regime"]:
+            spans[-1][2] = pair["to"]
+        else:
+            spans.append([pair["regime"], pair["from"], pair["to"]])
+    return ", ".join(f"{regime} {low}-{high}" for regime, low, high in spans)
+
+
+def study_sentence(reading: dict[str, dict[str, dict]], targets: dict[str, float]) -> str:
+    """The study's reading in words: per workload and optimizer, the regimes, the bend and the noise scale."""
+    parts = []
+    for workload, by_optimizer in reading.items():
+        for optimizer, found in by_optimizer.items():
+            head = f"{workload} ({targets[workload]:g}), {optimizer}"
+            if len(found["rows"]) < 2:
+                parts.append(f"{head}: reached the target at {len(found['rows'])} batch size(s), no scaling to read")
+                continue
+            text = f"{head}: {regime_text(found)}"
+            critical = found["critical_batch_size"]
+            text += f"; critical batch size about {critical:.0f}" if critical else "; no bend to 2 x within the study"
+            if found["fit"]:
+                text += f", fitted B_noise {found['fit']['b_noise']:.0f}"
+            if found["noise_scale"]:
+                text += f", measured B_simple at the target {found['noise_scale']:.0f}"
+            if found["not_reached"]:
+                text += f"; never reached at {', '.join(c.rsplit('-bs', 1)[1] for c in found['not_reached'])}"
+            parts.append(text)
+    return "; ".join(parts) + "."
+
+
+def plot_study(points: pd.DataFrame, reading: dict[str, dict[str, dict]], path) -> None:
+    """Steps to the target against batch size (log-log), per workload: the measured medians, perfect scaling
+    from the smallest batch size (dashed), the critical batch size (solid line) and B_simple (dotted)."""
+    from pipeline.analysis.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(reading), figsize=(6 * len(reading), 4.2), squeeze=False)
+    for ax, (workload, by_optimizer) in zip(axes[0], reading.items(), strict=True):
+        for i, (optimizer, found) in enumerate(by_optimizer.items()):
+            color = f"C{i}"
+            sizes = [r["batch_size"] for r in found["rows"]]
+            ax.plot(sizes, [r["steps"] for r in found["rows"]], "o-", color=color, label=optimizer)
+            ax.plot(sizes, [r["perfect_steps"] for r in found["rows"]], "--", color=color, alpha=0.5)
+            if found["critical_batch_size"]:
+                ax.axvline(found["critical_batch_size"], color=color, linestyle="-", alpha=0.35)
+            if found["noise_scale"]:
+                ax.axvline(found["noise_scale"], color=color, linestyle=":", alpha=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("median steps to the target")
+        ax.set_title(f"{workload}: dashed perfect scaling, solid critical B, dotted B_simple", fontsize=9)
+        ax.legend()
+    save_figure(fig, path)

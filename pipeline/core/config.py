@@ -142,6 +142,29 @@ class CompareConfig:
 
 
 @dataclass
+class WorkloadConfig:
+    overrides: list[str] = field(default_factory=list)  # Hydra overrides that make it, e.g. [dataset=fashion_mnist]
+    target: float = 0.97  # the validation accuracy it is judged by
+    batch_sizes: list[int] | None = None  # null: scaling.batch_sizes
+
+
+@dataclass
+class ScalingConfig:
+    # `python -m pipeline.scaling` (pipeline/sweeps/study.py says how each value is used).
+    optimizers: list[str] = field(default_factory=lambda: ["sgd", "momentum", "adam"])
+    batch_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192])
+    rates_per_decade: int = 2  # the learning-rate grid: 10 ** (k / rates_per_decade)
+    rate_range: list[float] = field(default_factory=lambda: [1e-5, 10.0])  # the grid's ends
+    search_seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # the chosen rate's replicas
+    max_epochs: float = 40.0  # a run that has not reached the target by then never does
+    eval_ratio: float = 1.0905  # validations 2^(1/8) steps apart ...
+    eval_min_samples: int = 4096  # ... and at least this many images apart
+    taus: list[float] = field(default_factory=lambda: [1.0, 1.25, 1.5, 2.0, 4.0])  # performance profile columns
+    workloads: dict[str, WorkloadConfig] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """The whole composed config of a stage (the `hydra` node aside)."""
 
@@ -154,6 +177,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     # What a sweep job returns to its sweeper (an Optuna search optimises it): a validation metric,
     # never a test metric. lightning-hydra-template's name for it.
     optimized_metric: str = "val_accuracy"
@@ -299,6 +323,34 @@ def check_config(cfg: DictConfig) -> None:
     timeout = cfg.tracking.server_timeout_s
     if not (math.isfinite(timeout) and timeout > 0):
         raise _bad("tracking.server_timeout_s", timeout, "a number of seconds > 0", "10")
+    check_scaling(cfg.scaling)
+
+
+def check_scaling(settings: DictConfig) -> None:
+    """The scaling study's settings (`scaling.*`): lists not empty, numbers in range, targets accuracies."""
+    s = settings
+    rules = [
+        ("batch_sizes", len(s.batch_sizes) > 0 and all(b > 0 for b in s.batch_sizes), "[16,128,1024]"),
+        ("seeds", len(s.seeds) > 0 and all(0 <= seed < 2**32 for seed in s.seeds), "[1,2,3]"),
+        ("search_seed", 0 <= s.search_seed < 2**32, "0"),
+        ("rates_per_decade", s.rates_per_decade > 0, "2"),
+        ("rate_range", len(s.rate_range) == 2 and 0 < s.rate_range[0] < s.rate_range[1], "[1e-5,10]"),
+        ("max_epochs", s.max_epochs > 0, "40"),
+        ("eval_ratio", s.eval_ratio > 1, "1.0905"),
+        ("eval_min_samples", s.eval_min_samples > 0, "4096"),
+        ("optimizers", len(s.optimizers) > 0, "[sgd,momentum,adam]"),
+        ("workloads", len(s.workloads) > 0, "'{mnist: {target: 0.97}}'"),
+    ]
+    for key, ok, example in rules:
+        if not ok:
+            value = OmegaConf.to_container(s[key]) if OmegaConf.is_config(s[key]) else s[key]
+            raise PipelineError(f"scaling.{key}={value} is not allowed. Fix it, e.g. scaling.{key}={example}")
+    for name, workload in s.workloads.items():
+        if not 0 < workload.target <= 1:
+            raise PipelineError(
+                f"scaling.workloads.{name}.target={workload.target} is not a validation accuracy in (0, 1]. "
+                f"Fix it, e.g. scaling.workloads.{name}.target=0.97"
+            )
 
 
 def check_optimizer(optimizer: DictConfig) -> None:

@@ -27,6 +27,8 @@ SWEEP_REPORTS = (
     "runs.csv", "runs.md", "cells.csv", "pivot.csv", "curves.csv", "cell_curves.csv", "curves.png", "heatmap.png",
     "report.html", "summary.json",
 )  # fmt: skip
+# What `python -m pipeline.scaling` writes into <reports_dir>/scaling/ (all of it, or none of it).
+SCALING_REPORTS = ("runs.csv", "points.csv", "profiles.csv", "summary.json", "steps_vs_batch.png", "profiles.png")
 
 
 def find_project_root(start: str | os.PathLike[str] | None = None) -> Path:
@@ -128,6 +130,14 @@ class Paths:
     def sweep_report(self, name: str) -> Path:
         """One of compare's outputs (`SWEEP_REPORTS`) under `<reports_dir>/sweep/`."""
         return self.reports_dir / "sweep" / name
+
+    def scaling_report(self, name: str) -> Path:
+        """One of `pipeline.scaling`'s outputs (`SCALING_REPORTS`) under `<reports_dir>/scaling/`."""
+        return self.reports_dir / "scaling" / name
+
+    def other_dataset_processed(self, dataset: str) -> Path:
+        """The processed splits of a dataset other than the pipeline's (a scaling study's workload), beside its own."""
+        return self.processed_dir.parent / "workloads" / dataset
 
     def tuned(self, name: str) -> Path:
         """`pipeline.tune`'s files under `<reports_dir>/tuned/` (its search and final sweeps' reports too)."""

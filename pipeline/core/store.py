@@ -394,6 +394,37 @@ def tracked_run(
         end_run(run.info.run_id, status)
 
 
+@contextlib.contextmanager
+def parent_run(cfg: DictConfig, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
+    """A parent run for child runs started inside the block (never the active run); yields its id.
+
+    It ends FINISHED when the block completes, KILLED on Ctrl-C or SIGTERM, FAILED (with
+    `failure_reason`) on any other exception, which is re-raised.
+    """
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = setup_tracking(cfg)
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, **process_tags()}).info.run_id
+    status = "FINISHED"
+    try:
+        with sigterm_raises():
+            yield run_id
+    except (KeyboardInterrupt, Terminated) as err:
+        status = "KILLED"
+        tag_failure(run_id, f"interrupted: {type(err).__name__} {err}".strip())
+        raise
+    except BaseException as err:
+        status = "FAILED"
+        tag_failure(run_id, str(err) or type(err).__name__)
+        raise
+    finally:
+        try:
+            client.set_terminated(run_id, status=status)
+        except Exception as err:  # noqa: BLE001 - the store is gone; say so instead of hiding the first error
+            log.error("Could not record the end (%s) of MLflow run %s: %s", status, run_id, err)
+
+
 def end_run(run_id: str, status: str) -> None:
     """End the active run with `status`; if the store is unreachable, say so instead of hanging."""
     import mlflow

@@ -1,0 +1,166 @@
+"""Training to a target: one run that stops at its first validation at or above a target accuracy.
+
+The unit of a batch-size scaling study (`pipeline.sweeps.study`), which trains hundreds of
+such runs in one process (JAX backend):
+
+- the same model, optimizer, initial weights and batches as `pipeline.train` with the same
+  settings (drawn as `pipeline.training.loop` draws them), so a study's run is the start of
+  the pipeline's run;
+- validation on a schedule whose spacing grows with the step count (`eval_steps`): steps
+  2^(1/8) apart, and at least `min_samples` images apart, so the step at which a run first
+  reaches the target is known to within about 9 % at every batch size, without validation
+  passes dominating the cheap steps of small batches;
+- a stretch between validations runs as scans of power-of-two lengths, so one batch size
+  compiles about a dozen programs, shared by every run of the same model and optimizer
+  shape (the learning rate is an input of the program, not part of it);
+- `prune_after`: a learning-rate search stops a run once it can no longer reach the target
+  sooner than the best run so far; `max_steps` ends a run that never reaches it;
+- the gradient noise scale (`gradient_noise_scale`) once an epoch and at the target.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from omegaconf import DictConfig
+
+from pipeline.core.errors import check_stop
+from pipeline.data.splits import Split
+from pipeline.training.loop import JaxProgram, device_array, gradient_noise_scale
+
+REACHED, NOT_REACHED, PRUNED, DIVERGED = "reached", "not_reached", "pruned", "diverged"
+
+
+@dataclass
+class Attempt:
+    """What one run to the target measured. `target` is the first evaluation at or above it (None: never)."""
+
+    status: str
+    steps: int  # optimizer steps trained
+    train_seconds: float  # training only: validation and noise estimates not counted
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # step, samples, epoch, train_seconds, val_*
+    noise: list[dict[str, float]] = field(default_factory=list)  # step, epoch, noise_scale, noise.trace, ...
+    target: dict[str, float] | None = None
+
+    @property
+    def last_accuracy(self) -> float:
+        return self.evaluations[-1]["val_accuracy"] if self.evaluations else 0.0
+
+    def noise_at_target(self) -> float | None:
+        """The noise scale estimated at the target, if the run reached it and the estimate is positive."""
+        if self.target is None:
+            return None
+        return next((n.get("noise_scale") for n in self.noise if n["step"] == self.target["step"]), None)
+
+
+def eval_steps(batch_size: int, max_steps: int, ratio: float, min_samples: int) -> list[int]:
+    """The steps after which a run validates: each at least `ratio` x the last and `min_samples` images later."""
+    steps, step = [], 0
+    gap = max(1, math.ceil(min_samples / batch_size))
+    while step < max_steps:
+        step = min(max_steps, max(step + gap, math.ceil(step * ratio)))
+        steps.append(step)
+    return steps
+
+
+def power_of_two_pieces(count: int) -> list[int]:
+    """`count` as a sum of powers of two, largest first (13 -> [8, 4, 1]): scans of few distinct lengths."""
+    return [1 << bit for bit in range(count.bit_length() - 1, -1, -1) if count >> bit & 1]
+
+
+class BatchStream:
+    """Batch indices and weights, epoch after epoch, as `pipeline.training.loop` draws them from `seed`."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.steps_per_epoch = -(-n // batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.index = np.zeros((0, batch_size), np.int32)
+        self.weight = np.zeros((0, batch_size), np.float32)
+        self.first = 0  # the step of self.index[0]
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Steps [start, stop) (steps count from 0); earlier steps are forgotten."""
+        while self.first + len(self.index) < stop:
+            index = np.zeros(self.steps_per_epoch * self.batch_size, np.int32)
+            index[: self.n] = self.rng.permutation(self.n)
+            weight = np.zeros(self.steps_per_epoch * self.batch_size, np.float32)
+            weight[: self.n] = 1.0
+            shape = (self.steps_per_epoch, self.batch_size)
+            self.index = np.concatenate([self.index, index.reshape(shape)])
+            self.weight = np.concatenate([self.weight, weight.reshape(shape)])
+        drop = start - self.first
+        self.index, self.weight, self.first = self.index[drop:], self.weight[drop:], start
+        return self.index[: stop - start], self.weight[: stop - start]
+
+
+def train_to_target(
+    cfg: DictConfig,
+    train: Split,
+    val: Split,
+    *,
+    target: float,
+    max_steps: int,
+    schedule: list[int],
+    prune_after: int | None = None,
+    measure_noise: bool = False,
+) -> Attempt:
+    """Train `cfg`'s model with `cfg`'s optimizer, batch size and seed until the target, the cap or a prune.
+
+    `schedule` is `eval_steps(...)` for the batch size; `prune_after`: stop (PRUNED) at the first
+    validation after this step that has not reached the target.
+    """
+    from pipeline.model.networks import build_model, build_optimizer
+
+    batch_size, n = int(cfg.train.batch_size), len(train.x)
+    model = build_model(cfg, train.x.shape[1], train.y.shape[1])
+    optimizer = build_optimizer(cfg, batch_size)
+    optimizer.build(model.trainable_variables)
+    program = JaxProgram.for_model(cfg, model, optimizer)
+    state = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+    )
+    x, y, x_val, y_val = (device_array(a) for a in (train.x, train.y, val.x, val.y))
+    stream = BatchStream(n, batch_size, int(cfg.train.seed))
+    small = int(cfg.train.noise_scale.small_batch)
+    sub_batches = min(int(cfg.train.noise_scale.examples), n) // small
+    noise_rng = np.random.default_rng([int(cfg.train.seed), 1]) if measure_noise and sub_batches >= 2 else None
+    attempt = Attempt(NOT_REACHED, 0, 0.0)
+    noted_epochs = 0
+    for step in schedule:
+        check_stop()
+        started = time.perf_counter()
+        for length in power_of_two_pieces(step - attempt.steps):
+            index, weight = stream.rows(attempt.steps, attempt.steps + length)
+            state, loss_sum, _ = program.epoch(state, x, y, index, weight)
+            attempt.steps += length
+        loss = float(loss_sum)  # waits for the last piece
+        attempt.train_seconds += time.perf_counter() - started
+        if not math.isfinite(loss):
+            attempt.status = DIVERGED
+            break
+        val_loss, val_accuracy = program.evaluate(state[0], state[1], x_val, y_val)
+        epoch = step / stream.steps_per_epoch
+        full_epochs, rest = divmod(step, stream.steps_per_epoch)
+        samples = full_epochs * n + min(rest * batch_size, n)
+        evaluation = {"step": step, "samples": samples, "epoch": epoch, "train_seconds": attempt.train_seconds}
+        attempt.evaluations.append({**evaluation, "val_loss": val_loss, "val_accuracy": val_accuracy})
+        reached = val_accuracy >= target
+        if noise_rng is not None and (reached or int(epoch) > noted_epochs):
+            noted_epochs = int(epoch)
+            chosen = noise_rng.choice(n, sub_batches * small, replace=False).astype(np.int32)
+            small_sq, big_sq = program.gradient_norms(state[0], state[1], x, y, chosen.reshape(sub_batches, small))
+            estimate = gradient_noise_scale(small_sq, big_sq, small, sub_batches * small)
+            attempt.noise.append({"step": step, "epoch": epoch, **estimate})
+        if reached:
+            attempt.status, attempt.target = REACHED, attempt.evaluations[-1]
+            break
+        if prune_after is not None and step >= prune_after:
+            attempt.status = PRUNED
+            break
+    return attempt

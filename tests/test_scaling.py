@@ -1,0 +1,165 @@
+"""The batch-size scaling study: the learning-rate walk, the validation schedule, a study run against the
+pipeline's own training, and a tiny study end to end (`python -m pipeline.scaling`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import run_module
+from mlflow.tracking import MlflowClient
+
+from pipeline.core.store import tracking_uri, use_store
+from pipeline.sweeps.study import faster, rate_of, search_rate
+from pipeline.training.target import DIVERGED, NOT_REACHED, PRUNED, REACHED, Attempt, eval_steps, power_of_two_pieces
+
+
+def fake_attempt(steps: int | None, accuracy: float = 0.9, status: str | None = None) -> Attempt:
+    """An attempt that reached the target at `steps` (None: never), with this last validation accuracy."""
+    evaluation = {"step": steps or 100, "val_accuracy": accuracy}
+    target = evaluation if steps is not None else None
+    return Attempt(status or (REACHED if target else NOT_REACHED), steps or 100, 0.0, [evaluation], [], target)
+
+
+def test_the_walk_stops_where_both_neighbours_are_slower_and_prunes_at_the_best_step():
+    steps_at = {k: 100 + 40 * (k - 3) ** 2 for k in range(-10, 11)}  # fastest at grid index 3
+    calls = []
+
+    def try_rate(k: int, prune_after: int | None) -> Attempt:
+        calls.append((k, prune_after))
+        reached = prune_after is None or steps_at[k] <= prune_after
+        return fake_attempt(steps_at[k] if reached else None, status=None if reached else PRUNED)
+
+    best, tried = search_rate(try_rate, start=0, low=-10, high=10)
+    assert best == 3 and sorted(tried) == [0, 1, 2, 3, 4], "walked up from 0 until 4 was slower than 3"
+    assert calls[0] == (0, None), "the first rate has nothing to beat"
+    best_so_far = [min(steps_at[k] for k, _ in calls[:i]) for i in range(1, len(calls))]
+    assert [p for _, p in calls[1:]] == best_so_far, "each candidate is stopped at the best run's step so far"
+    assert tried[4].status == PRUNED and tried[3].target["step"] == 100
+
+
+def test_the_walk_stays_inside_the_rate_range_and_ranks_unreached_runs_by_accuracy():
+    best, tried = search_rate(lambda k, prune: fake_attempt(1000 - k), start=5, low=-2, high=6)
+    assert best == 6 and sorted(tried) == [5, 6], "the fastest rate is the range's end: no step beyond it"
+    # Nothing reaches the target: the walk follows the last validation accuracy; a diverged run ranks last.
+    accuracy = {0: 0.80, 1: 0.85, 2: 0.90, 3: 0.0}
+    attempts = {k: fake_attempt(None, a, DIVERGED if k == 3 else None) for k, a in accuracy.items()}
+    best, tried = search_rate(lambda k, prune: attempts[k], start=0, low=0, high=3)
+    assert best == 2 and sorted(tried) == [0, 1, 2, 3]
+    assert faster(fake_attempt(500, 0.97), fake_attempt(None, 0.96)), "reaching it beats any accuracy short of it"
+    assert faster(fake_attempt(500, 0.975), fake_attempt(500, 0.971)), "a tie in steps: the higher accuracy there"
+    assert faster(fake_attempt(None, 0.1), fake_attempt(None, 0.9, DIVERGED)), "a diverged run is slowest of all"
+
+
+def test_the_grid_and_the_validation_schedule():
+    assert [rate_of(k, 2) for k in (-6, -5, -4)] == [0.001, 0.003162, 0.01]
+    assert power_of_two_pieces(13) == [8, 4, 1] and sum(power_of_two_pieces(1000)) == 1000
+    steps = eval_steps(batch_size=16, max_steps=20_000, ratio=2 ** (1 / 8), min_samples=4096)
+    gaps = [b - a for a, b in zip([0, *steps], steps, strict=False)]
+    assert steps[-1] == 20_000 and all(g >= 256 for g in gaps[:-1]), "at least 4096 images apart"
+    assert all(b <= max(a + 256, math.ceil(a * 2 ** (1 / 8))) for a, b in zip(steps, steps[1:], strict=False))
+    big = eval_steps(batch_size=8192, max_steps=300, ratio=2 ** (1 / 8), min_samples=4096)
+    assert big[:3] == [1, 2, 3] and all(b / a <= 2 ** (1 / 8) + 1 / a for a, b in zip(big, big[1:], strict=False))
+
+
+def test_a_study_run_is_the_start_of_the_pipelines_run(tiny_data_cfg):
+    """Same model, optimizer, initial weights and batches as `pipeline.train`: the same validation at each epoch."""
+    from pipeline.data.splits import load_split
+    from pipeline.training.loop import fit
+    from pipeline.training.target import train_to_target
+
+    cfg = tiny_data_cfg("train.epochs=3", "train.evals_per_epoch=1", "train.batch_size=32", "optimizer=adam")
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    full = fit(cfg, train, val)
+    per_epoch = -(-len(train.x) // 32)
+    study = train_to_target(cfg, train, val, target=1.01, max_steps=3 * per_epoch, schedule=[per_epoch, 3 * per_epoch])
+    assert study.status == NOT_REACHED and study.steps == 3 * per_epoch
+    expected = [full.evaluations[0], full.evaluations[2]]
+    for got, want in zip(study.evaluations, expected, strict=True):
+        assert got["step"] == want["step"] and got["samples"] == want["samples"]
+        assert got["val_accuracy"] == want["val_accuracy"]
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_tiny_study_end_to_end(tiny_data_cfg, tiny_npz, tmp_path):
+    """Two workloads (the second's data made by the study), two optimizers, two batch sizes, two seeds."""
+    cfg = tiny_data_cfg()
+    root = cfg.paths.root
+    conf = tmp_path / "extra_conf" / "scaling"
+    conf.mkdir(parents=True)
+    conf.joinpath("tiny.yaml").write_text(
+        "defaults: [default, _self_]\n"
+        "optimizers: [sgd, adam]\nbatch_sizes: [8, 32]\nseeds: [1, 2]\nmax_epochs: 30\neval_min_samples: 64\n"
+        "workloads:\n"
+        "  mnist: {target: 0.9}\n"
+        "  fashion_mnist:\n"
+        f"    overrides: [dataset=fashion_mnist, \"dataset.mirrors=[{{url: '{tiny_npz}', sha256: null}}]\"]\n"
+        "    target: 0.85\n    batch_sizes: [16]\n"
+    )
+    mirror = f"dataset.mirrors=[{{url: '{tiny_npz}', sha256: null}}]"
+    result = run_module(
+        "pipeline.scaling", f"--config-dir={conf.parent}", f"paths.root={root}", mirror, "scaling=tiny", timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reports = Path(root) / "reports" / "scaling"
+    points = pd.read_csv(reports / "points.csv")
+    runs = pd.read_csv(reports / "runs.csv")
+    assert len(points) == 2 * 2 + 2 * 1, "workload x optimizer x batch size"
+    assert {"reached", "pruned"} <= set(runs.status) and (runs.phase == "replica").sum() >= 4, runs.to_string()
+    assert (Path(root) / "data" / "workloads" / "fashion_mnist" / "meta.json").is_file(), "the study made it"
+    summary = json.loads((reports / "summary.json").read_text())
+    assert set(summary["reading"]) == {"mnist", "fashion_mnist"} and summary["runs"] == len(runs)
+    assert summary["answer"].startswith("mnist (0.9), sgd:") and "fashion_mnist (0.85)" in summary["answer"]
+    assert set(summary["profiles"]["profiles"]) == {"sgd", "adam"}
+    for _, point in points.iterrows():  # the replicas of every point whose search reached the target
+        replicas = runs[(runs.phase == "replica") & (runs.workload == point.workload)]
+        replicas = replicas[(replicas.optimizer == point.optimizer) & (replicas.batch_size == point.batch_size)]
+        assert (
+            list(replicas.seed) == ([1, 2] if point.seeds else [])
+            and (replicas.learning_rate == point.learning_rate).all()
+        )
+        searched = runs[(runs.phase == "search") & (runs.workload == point.workload)]
+        searched = searched[(searched.optimizer == point.optimizer) & (searched.batch_size == point.batch_size)]
+        assert len(searched) == point.rates_tried >= 2 and point.learning_rate in set(searched.learning_rate)
+        if point.seeds_reached == 2:
+            assert point.median_steps == replicas.target_steps.median()
+    # MLflow: one parent, FINISHED, with the reports; one child per row of runs.csv, each with the truthful status.
+    use_store(tracking_uri(cfg))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.mnist_pipeline.role = 'scaling'")
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {
+        "study/summary.json",
+        "study/points.csv",
+    }
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == len(runs)
+    status = {"reached": "FINISHED", "not_reached": "FINISHED", "pruned": "KILLED", "diverged": "FAILED"}
+    by_name = {c.info.run_name: c for c in children}
+    for _, row in runs.iterrows():
+        name = f"{row.workload}-{row.optimizer}-bs{row.batch_size}-lr{row.learning_rate:g}-s{row.seed}"
+        child = by_name[name]
+        assert child.info.status == status[row.status], name
+        assert child.data.tags["target.reached"] == str(row.status == "reached").lower()
+        if row.status == "reached":
+            assert child.data.metrics["target.steps"] == row.target_steps
+            assert child.data.metrics["val_accuracy"] >= (0.9 if row.workload == "mnist" else 0.85)
+        if row.phase == "replica" and row.status == "reached":
+            history = client.get_metric_history(child.info.run_id, "noise.trace")
+            assert history and history[-1].step == row.target_steps, "the noise scale is estimated at the target"
+    mlflow.set_tracking_uri("")
+
+
+def test_study_settings_that_cannot_run_are_refused_before_any_data(tmp_path):
+    result = run_module("pipeline.scaling", f"paths.root={tmp_path}", "scaling.optimizers=[sgd,adagrad]")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "scaling.workloads.mnist with optimizer=adagrad" in output, output[-2000:]
+    assert "Traceback" not in output and not (tmp_path / "mlruns").exists() and not (tmp_path / "data").exists()
+    result = run_module("pipeline.scaling", f"paths.root={tmp_path}", "train.backend=tensorflow")
+    assert result.returncode == 1 and "the scaling study trains on JAX" in result.stdout + result.stderr
