@@ -20,7 +20,14 @@ from pipeline.training.target import DIVERGED, NOT_REACHED, PRUNED, REACHED, Att
 
 def fake_attempt(steps: int | None, accuracy: float = 0.9, status: str | None = None) -> Attempt:
     """An attempt that reached the target at `steps` (None: never), with this last validation accuracy."""
-    evaluation = {"step": steps or 100, "val_accuracy": accuracy}
+    step = steps or 100
+    evaluation = {
+        "step": step,
+        "samples": 32 * step,
+        "epoch": step / 10,
+        "train_seconds": step / 100,
+        "val_accuracy": accuracy,
+    }
     target = evaluation if steps is not None else None
     return Attempt(status or (REACHED if target else NOT_REACHED), steps or 100, 0.0, [evaluation], [], target)
 
@@ -163,3 +170,42 @@ def test_study_settings_that_cannot_run_are_refused_before_any_data(tmp_path):
     assert "Traceback" not in output and not (tmp_path / "mlruns").exists() and not (tmp_path / "data").exists()
     result = run_module("pipeline.scaling", f"paths.root={tmp_path}", "train.backend=tensorflow")
     assert result.returncode == 1 and "the scaling study trains on JAX" in result.stdout + result.stderr
+
+
+def test_runs_of_one_optimizer_and_batch_size_share_their_compiled_programs(tiny_data_cfg):
+    """Another rate or seed compiles nothing new: the rate is an input of the program, not part of it."""
+    from pipeline.data.splits import load_split
+    from pipeline.sweeps.study import attempt_config
+    from pipeline.training.loop import JaxProgram
+    from pipeline.training.target import train_to_target
+
+    cfg = tiny_data_cfg("optimizer=adam")
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    schedule = eval_steps(16, 100, 2 ** (1 / 8), 64)
+
+    def compiled() -> int:
+        return sum(program.epoch._cache_size() for program in JaxProgram._cache.values())
+
+    before = compiled()
+    first = train_to_target(
+        attempt_config(cfg, 16, 0.001, 0), train, val, target=1.01, max_steps=100, schedule=schedule
+    )
+    after_first = compiled()
+    second = train_to_target(
+        attempt_config(cfg, 16, 0.01, 3), train, val, target=1.01, max_steps=100, schedule=schedule
+    )
+    assert compiled() == after_first, "the second run compiled nothing"
+    assert first.evaluations != second.evaluations, "another rate and seed: another run"
+    lengths = {length for a, b in zip([0, *schedule], schedule, strict=False) for length in power_of_two_pieces(b - a)}
+    assert 0 < after_first - before <= len(lengths), "at most one program per power-of-two stretch length"
+
+
+def test_a_points_steps_are_the_median_over_seeds_with_unreached_seeds_infinitely_late():
+    from pipeline.sweeps.study import Point
+
+    point = Point("mnist", "adam", 128, 0.001, False)
+    point.replicas = {1: fake_attempt(300), 2: fake_attempt(None), 3: fake_attempt(200)}
+    assert point.median("step") == 300, "median of 200, 300 and infinity"
+    point.replicas[4] = fake_attempt(None)
+    assert point.median("step") is None, "half of the seeds never reached it: no median"
+    assert point.row()["seeds_reached"] == 2 and Point("mnist", "adam", 128, 0.001, False).median("step") is None

@@ -183,6 +183,8 @@ def study_sentence(reading: dict[str, dict[str, dict]], targets: dict[str, float
                 text += f", fitted B_noise {found['fit']['b_noise']:.0f}"
             if found["noise_scale"]:
                 text += f", measured B_simple at the target {found['noise_scale']:.0f}"
+                if critical:
+                    text += f" ({found['noise_scale'] / critical:.1f} x the critical batch size)"
             if found["not_reached"]:
                 text += f"; never reached at {', '.join(c.rsplit('-bs', 1)[1] for c in found['not_reached'])}"
             parts.append(text)

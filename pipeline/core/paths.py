@@ -149,6 +149,11 @@ class Paths:
         return self.reports_dir / "benchmark.json"
 
     @property
+    def study_benchmark(self) -> Path:
+        """The scaling study in one process against its runs as separate processes (benchmarks/study_speed.py)."""
+        return self.reports_dir / "study_benchmark.json"
+
+    @property
     def first_command(self) -> Path:
         """README command 1 timed on a fresh clone (benchmarks/first_command.py)."""
         return self.reports_dir / "first_command.json"

@@ -115,6 +115,65 @@ def batch_scaling(root: Path) -> str:
     return sentence(found) + "\n\n" + table
 
 
+def scaling_study(root: Path) -> str:
+    """The batch-size scaling study: its answer, steps per batch size, the bend, the profiles (reports/scaling/)."""
+    paths = paths_at(root)
+    summary = _json(paths.scaling_report("summary.json"))
+    points = pd.read_csv(paths.scaling_report("points.csv"))
+    machine = summary["machine"]
+    text = (
+        f"Measured on {machine['cpu.model']}, {machine['cpu.count']} cores ({machine['cpu.vector_extensions']}): "
+        f"{summary['runs']} runs in {_minutes(summary['study_seconds'])} (`python -m pipeline.scaling`). "
+        f"{summary['answer']}\n\n"
+    )
+    for workload, group in points.groupby("workload", sort=False):
+        target = summary["workloads"][workload]["target"]
+        text += f"Median steps to {target:g} validation accuracy on {workload} (learning rate chosen per cell):\n\n"
+        cells = group.assign(
+            cell=[
+                f"{s:.0f} ({r:g})" if s == s else f"never ({r:g})"
+                for s, r in zip(group["median_steps"], group["learning_rate"], strict=True)
+            ]
+        )
+        text += cells.pivot(index="optimizer", columns="batch_size", values="cell").to_markdown() + "\n\n"
+    rows = [
+        {
+            "workload": workload,
+            "optimizer": optimizer,
+            "critical batch size": f"{found['critical_batch_size']:.0f}" if found["critical_batch_size"] else "-",
+            "fitted B_noise": f"{found['fit']['b_noise']:.0f}" if found["fit"] else "-",
+            "B_simple at the target": f"{found['noise_scale']:.0f}" if found["noise_scale"] else "-",
+        }
+        for workload, by_optimizer in summary["reading"].items()
+        for optimizer, found in by_optimizer.items()
+    ]
+    text += pd.DataFrame(rows).to_markdown(index=False) + "\n\n"
+    found = summary["profiles"]
+    profile = pd.DataFrame(found["profiles"]).T.rename(columns=lambda tau: f"tau = {tau}")
+    workloads = ", ".join(found["ratios"])
+    text += f"Performance profiles over {len(found['ratios'])} workloads ({workloads}): the share of workloads on "
+    text += "which the optimizer's median training seconds to the target are within tau x the fastest optimizer's"
+    if found["unsolved"]:
+        text += f" (no optimizer reached the target on {', '.join(found['unsolved'])})"
+    text += ":\n\n"
+    return text + profile.to_markdown(floatfmt=".2f") + "\n"
+
+
+def study_speed(root: Path) -> str:
+    """The study in one process against the same runs as separate processes (reports/study_benchmark.json)."""
+    bench = _json(paths_at(root).study_benchmark)
+    return (
+        f"On {bench['cpu']} ({bench['date']}, `python benchmarks/study_speed.py`): a study of {bench['runs']} runs "
+        f"(`{' '.join(bench['study'])}`) took {bench['study_s']:.0f} s as one `python -m pipeline.scaling`, against "
+        f"{bench['separate_s']:.0f} s for the same runs as separate `python -m pipeline.train` processes "
+        f"(**{bench['ratio']:.2f}x** the time). In the same run, 4 learning rates in one `jax.vmap` program took "
+        + ", ".join(
+            f"{r:.2f}x the time of 4 runs one after another at batch size {b}" for b, r in bench["vmap_ratio"].items()
+        )
+        + ".\n"
+    )
+
+
 def performance(root: Path) -> str:
     """The benchmark's figures against the seed's script, and which goals they meet (reports/benchmark.json)."""
     bench = _json(paths_at(root).benchmark)
@@ -207,6 +266,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "reference_result": reference_result,
     "sweep_answer": sweep_answer,
     "batch_scaling": batch_scaling,
+    "scaling_study": scaling_study,
+    "study_speed": study_speed,
     "sweep_pivot": sweep_pivot,
 }
 
