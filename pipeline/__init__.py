@@ -2,7 +2,7 @@
 
 The folder is the architecture. Modules at the top are commands: one per `dvc.yaml` stage,
 named after it (compose, download, preprocess, train, evaluate, sweep, compare), and the
-commands outside the DAG (experiment, predict, tune, records, ui). A command imports
+commands outside the DAG (experiment, predict, tune, scaling, records, ui). A command imports
 shared code, never another command. Shared code sits in layers, imports pointing down:
 
     sweeps/  analysis/     a sweep's jobs and parent run; statistics, tables, plots, champion

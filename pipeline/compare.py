@@ -130,9 +130,9 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
         # Time to result: when each cell's seeds first reached `target` validation accuracy (median, share).
         "target": target,
         "time_to_target": times,
-        "fastest_to_target": summary.fastest_to_target(times),
+        "fastest_to_target": summary.quickest(times),
         "as_fast_as_fastest": summary.as_fast_as_fastest(times),  # their seeds' seconds overlap the fastest's
-        "fewest_steps_to_target": summary.fewest_steps_to_target(times),
+        "fewest_steps_to_target": summary.quickest(times, "median_steps"),
         # The gradient noise scale B_simple per cell: the median over seeds of each run's last estimate.
         "noise_scale": noise,
         # ... and of the estimate at the end of the epoch in which each run reached the target.

@@ -225,9 +225,9 @@ def test_the_time_answer_names_the_cells_its_seeds_cannot_tell_apart_and_the_few
         "sgd-bs32": cell([1.5, 1.6, 2.0], 1200),  # every seed slower than every seed of the fastest
         "sgd-bs512": cell(None, None),  # never reached the target
     }
-    assert summary.fastest_to_target(times) == "adam-bs128"
+    assert summary.quickest(times) == "adam-bs128"
     assert summary.as_fast_as_fastest(times) == ["sgd-bs128"]
-    assert summary.fewest_steps_to_target(times) == "sgd-bs128"
+    assert summary.quickest(times, "median_steps") == "sgd-bs128"
     text = summary.target_answer(times, 0.97)
     assert "Fastest to 0.97 validation accuracy: adam-bs128 (median 1.00 s" in text
     assert "Not told apart from it in seconds (their seeds' times overlap): sgd-bs128." in text

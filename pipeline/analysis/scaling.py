@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+import numpy as np
 import pandas as pd
 
 from pipeline.analysis.stats import batch_order
@@ -72,12 +73,9 @@ def fit_noise_model(batch_sizes: list[int], steps: list[float]) -> dict | None:
     (a = 0 is perfect scaling at every batch size: B_noise beyond any measured)."""
     if len(batch_sizes) < 2:
         return None
-    x = [1.0 / b for b in batch_sizes]
-    mean_x, mean_y = sum(x) / len(x), sum(steps) / len(steps)
-    sxx = sum((v - mean_x) ** 2 for v in x)
-    b = sum((v - mean_x) * (s - mean_y) for v, s in zip(x, steps, strict=True)) / sxx
-    a = mean_y - b * mean_x
-    return {"s_min": a, "b_noise": b / a} if a > 1e-9 * mean_y and b > 0 else None  # a ~ 0: perfect scaling
+    b, a = np.polyfit([1.0 / size for size in batch_sizes], steps, 1)
+    mean = sum(steps) / len(steps)
+    return {"s_min": float(a), "b_noise": float(b / a)} if a > 1e-9 * mean and b > 0 else None  # a ~ 0: perfect
 
 
 def scaling(cells: pd.DataFrame) -> dict[str, dict]:

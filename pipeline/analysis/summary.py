@@ -150,9 +150,10 @@ def noise_scales(table: pd.DataFrame, column: str = "noise_scale") -> dict[str, 
     return out
 
 
-def fastest_to_target(times: dict[str, dict]) -> str | None:
-    """The cell with the smallest median training time to the target (None if no cell's median is finite)."""
-    finite = {c: t["median_train_seconds"] for c, t in times.items() if t["median_train_seconds"] is not None}
+def quickest(times: dict[str, dict], key: str = "median_train_seconds") -> str | None:
+    """The cell with the smallest median `key` to the target (training seconds, or `median_steps`); None if
+    no cell's median is finite; a tie goes to the first name."""
+    finite = {c: t[key] for c, t in times.items() if t[key] is not None}
     return min(finite, key=lambda c: (finite[c], c)) if finite else None
 
 
@@ -164,7 +165,7 @@ def as_fast_as_fastest(times: dict[str, dict]) -> list[str]:
     Seconds of training vary from run to run with the machine's load, steps do not: with a few
     seeds, two cells a few tenths of a second apart trade places between sweeps.
     """
-    fastest = fastest_to_target(times)
+    fastest = quickest(times)
     if fastest is None:
         return []
     slowest = times[fastest]["range_train_seconds"][1]
@@ -172,12 +173,6 @@ def as_fast_as_fastest(times: dict[str, dict]) -> list[str]:
         c for c, t in times.items()
         if c != fastest and t["median_train_seconds"] is not None and t["range_train_seconds"][0] <= slowest
     ]  # fmt: skip
-
-
-def fewest_steps_to_target(times: dict[str, dict]) -> str | None:
-    """The cell with the fewest median optimizer steps to the target (None if no cell's median is finite)."""
-    finite = {c: t["median_steps"] for c, t in times.items() if t["median_steps"] is not None}
-    return min(finite, key=lambda c: (finite[c], c)) if finite else None
 
 
 def row_label(cell: str, batch_size: str) -> str:
@@ -261,7 +256,7 @@ def answer(cells: list[Cell], comparisons: list[dict], alpha: float, paired: boo
 
 def target_answer(times: dict[str, dict], target: float) -> str:
     """The second answer: which cell reaches the target validation accuracy first, in training time."""
-    fastest = fastest_to_target(times)
+    fastest = quickest(times)
     if fastest is None:
         return f"No cell reached {target:g} validation accuracy in most of its seeds within the budget."
     t = times[fastest]
@@ -273,7 +268,7 @@ def target_answer(times: dict[str, dict], target: float) -> str:
     close = as_fast_as_fastest(times)
     if close:
         text += f" Not told apart from it in seconds (their seeds' times overlap): {', '.join(close)}."
-    fewest = fewest_steps_to_target(times)
+    fewest = quickest(times, "median_steps")
     text += (
         f" Fewest steps to it: {fewest} (median {times[fewest]['median_steps']:.0f}), a count that does not "
         "depend on the machine."
