@@ -169,16 +169,29 @@ def test_perfect_scaling_has_no_critical_batch_size_and_one_batch_size_no_readin
     assert "no bend to 2 x within the sweep" in text and "adam: reached the target at batch size 32 only" in text
 
 
-def test_regimes_are_read_from_the_local_slope():
-    from pipeline.analysis.scaling import DIMINISHING, MAXIMAL, PERFECT, regime_text, regimes
+def test_regimes_are_read_from_the_fitted_curve_and_the_local_slopes_are_kept():
+    from pipeline.analysis.scaling import DIMINISHING, MAXIMAL, PERFECT, regime_text, scaling
 
-    sizes = [16, 32, 64, 128, 256]
-    steps = [1600.0, 800.0, 500.0, 450.0, 440.0]  # slopes -1, -0.68, -0.15, -0.03
-    found = regimes(sizes, steps)
-    assert [r["slope"] for r in found] == pytest.approx([math.log2(s1 / s0) for s0, s1 in itertools.pairwise(steps)])
-    assert [r["regime"] for r in found] == [PERFECT, DIMINISHING, MAXIMAL, MAXIMAL]
-    text = regime_text({"regimes": found})
-    assert text == "perfect scaling 16-32, diminishing returns 32-64, maximal data parallelism 64-256"
+    def model(b: int) -> float:  # S_min = 100, B_noise = 300: slope -0.75 at 100, -0.25 at 900
+        return 100 * (1 + 300 / b)
+
+    sizes = [16, 64, 256, 1024, 4096]
+    found = scaling(scaling_cells({f"adam-bs{b}": model(b) for b in sizes}))["adam"]
+    assert found["fit"] == pytest.approx({"s_min": 100.0, "b_noise": 300.0})
+    assert found["regimes"] == [
+        {"regime": PERFECT, "from": 16, "to": pytest.approx(100.0)},
+        {"regime": DIMINISHING, "from": pytest.approx(100.0), "to": pytest.approx(900.0)},
+        {"regime": MAXIMAL, "from": pytest.approx(900.0), "to": 4096},
+    ]
+    assert (
+        regime_text(found) == "perfect scaling 16-100, diminishing returns 100-900, maximal data parallelism 900-4096"
+    )
+    measured = [math.log(model(b1) / model(b0)) / math.log(b1 / b0) for b0, b1 in itertools.pairwise(sizes)]
+    assert [s["slope"] for s in found["slopes"]] == pytest.approx(measured)
+    noisy = scaling(scaling_cells({"sgd-bs16": 1000.0, "sgd-bs32": 700.0, "sgd-bs64": 480.0, "sgd-bs128": 500.0}))
+    assert noisy["sgd"]["fit"] is not None, "noisy steps still fit in log space"
+    flat = scaling(scaling_cells({"sgd-bs16": 100.0, "sgd-bs64": 100.0}))["sgd"]
+    assert flat["fit"] is None and flat["regimes"] == [], "steps that do not fall: no bend within reach"
 
 
 def test_performance_profiles_are_the_share_of_workloads_within_tau_of_the_best():

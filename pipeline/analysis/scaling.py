@@ -13,14 +13,19 @@ batch sizes that reached the target: the rows, but no critical batch size and no
   when no measured ratio reaches 2 (the bend lies above the largest batch size that
   reached the target, or the sweep cannot tell);
 - `fit`: McCandlish et al.'s (2018) model `steps = S_min * (1 + B_noise / B)` fitted by
-  least squares in 1/B: B_noise is the batch size at which a run needs twice the minimum
-  steps, the quantity their gradient noise scale B_simple estimates;
+  least squares of log steps (every batch size's relative error counts the same): B_noise
+  is the batch size at which a run needs twice the minimum steps, the quantity their
+  gradient noise scale B_simple estimates;
 - `noise_scale`: the median over the cells in the rows of the measured B_simple when their
   runs reached the target (compare's `noise_scale_at_target_median`), beside it;
-- `regimes` (`regimes`): Shallue et al.'s three regimes read from the local slope of log
-  steps against log batch size between neighbouring batch sizes: perfect scaling (slope
-  <= -0.75: doubling the batch nearly halves the steps), diminishing returns, and maximal
-  data parallelism (slope >= -0.25: the steps no longer fall).
+- `slopes`: the measured local slope of log steps against log batch size between
+  neighbouring batch sizes (-1: perfect scaling; 0: the steps no longer fall);
+- `regimes` (`regimes`): Shallue et al.'s three regimes, read from the fitted curve, whose
+  slope is -B_noise / (B + B_noise): perfect scaling while it is at most -0.75 (B up to
+  B_noise / 3: doubling the batch nearly halves the steps), maximal data parallelism from
+  -0.25 (B from 3 B_noise: the steps no longer fall), diminishing returns between; each
+  within the measured batch sizes. One local slope is too noisy to name a regime: the
+  rates are chosen on a grid and the steps counted at validations.
 
 A cell that never reached the target in most of its seeds has no steps: it is left out, and
 named in `not_reached`. Steps are counted at the validations (`train.evals_per_epoch` an
@@ -43,17 +48,28 @@ from pipeline.analysis.summary import row_label
 
 RULE = "measured steps to the target = 2 x the perfect-scaling prediction from the smallest batch size"
 PERFECT, DIMINISHING, MAXIMAL = "perfect scaling", "diminishing returns", "maximal data parallelism"
-SLOPES = (-0.75, -0.25)  # local slope of log steps vs log batch size: <= first: perfect; >= second: maximal
 
 
-def regimes(batch_sizes: list[int], steps: list[float]) -> list[dict]:
-    """Between each two neighbouring batch sizes, the local log-log slope of the steps and its regime."""
-    out = []
-    for (b0, b1), (s0, s1) in zip(pairwise(batch_sizes), pairwise(steps), strict=True):
-        slope = (math.log(s1) - math.log(s0)) / (math.log(b1) - math.log(b0))
-        regime = PERFECT if slope <= SLOPES[0] else MAXIMAL if slope >= SLOPES[1] else DIMINISHING
-        out.append({"from": b0, "to": b1, "slope": slope, "regime": regime})
-    return out
+def slopes(batch_sizes: list[int], steps: list[float]) -> list[dict]:
+    """Between each two neighbouring batch sizes, the measured slope of log steps against log batch size."""
+    return [
+        {"from": b0, "to": b1, "slope": (math.log(s1) - math.log(s0)) / (math.log(b1) - math.log(b0))}
+        for (b0, b1), (s0, s1) in zip(pairwise(batch_sizes), pairwise(steps), strict=True)
+    ]
+
+
+def regimes(fit: dict | None, smallest: int, largest: int) -> list[dict]:
+    """The regimes of the fitted curve within [smallest, largest]: perfect scaling up to B_noise / 3,
+    diminishing returns up to 3 B_noise, maximal data parallelism beyond (no fit: none)."""
+    if fit is None:
+        return []
+    bounds = [smallest, fit["b_noise"] / 3, 3 * fit["b_noise"], largest]
+    spans = zip((PERFECT, DIMINISHING, MAXIMAL), pairwise(bounds), strict=True)
+    return [
+        {"regime": name, "from": max(low, smallest), "to": min(high, largest)}
+        for name, (low, high) in spans
+        if min(high, largest) > max(low, smallest)
+    ]
 
 
 def crossing(batch_sizes: list[int], ratios: list[float], level: float = 2.0) -> float | None:
@@ -69,13 +85,32 @@ def crossing(batch_sizes: list[int], ratios: list[float], level: float = 2.0) ->
 
 
 def fit_noise_model(batch_sizes: list[int], steps: list[float]) -> dict | None:
-    """Least squares of `steps = a + b / B`: {"s_min": a, "b_noise": b / a}; None unless a > 0 and b > 0
-    (a = 0 is perfect scaling at every batch size: B_noise beyond any measured)."""
+    """`steps = S_min * (1 + B_noise / B)` by least squares of log steps: {"s_min", "b_noise"}.
+
+    For each B_noise the best S_min has a closed form (the mean log residual); B_noise is
+    found by a bounded search on its log within [B_min / 1000, B_max * 1000]. None with
+    fewer than two points, or when the best B_noise is an end of that range: no bend within
+    reach (perfect scaling everywhere, or steps that do not fall at all).
+    """
     if len(batch_sizes) < 2:
         return None
-    b, a = np.polyfit([1.0 / size for size in batch_sizes], steps, 1)
-    mean = sum(steps) / len(steps)
-    return {"s_min": float(a), "b_noise": float(b / a)} if a > 1e-9 * mean and b > 0 else None  # a ~ 0: perfect
+    from scipy.optimize import minimize_scalar
+
+    sizes, log_steps = np.asarray(batch_sizes, dtype=float), np.log(np.asarray(steps, dtype=float))
+
+    def log_s_min(noise: float) -> float:
+        return float(np.mean(log_steps - np.log1p(noise / sizes)))
+
+    def residual(t: float) -> float:
+        noise = math.exp(t)
+        return float(np.sum((log_steps - log_s_min(noise) - np.log1p(noise / sizes)) ** 2))
+
+    low, high = math.log(sizes.min() / 1000), math.log(sizes.max() * 1000)
+    t = minimize_scalar(residual, bounds=(low, high), method="bounded", options={"xatol": 1e-12}).x
+    if t < low + 1e-3 or t > high - 1e-3:
+        return None
+    noise = math.exp(t)
+    return {"s_min": math.exp(log_s_min(noise)), "b_noise": noise}
 
 
 def scaling(cells: pd.DataFrame) -> dict[str, dict]:
@@ -95,6 +130,7 @@ def scaling(cells: pd.DataFrame) -> dict[str, dict]:
         sizes = [int(b) for b in reached["batch_size"]]
         steps = [float(s) for s in reached["target_median_steps"]]
         perfect = [steps[0] * sizes[0] / b for b in sizes]
+        fit = fit_noise_model(sizes, steps)
         ratios = [s / p for s, p in zip(steps, perfect, strict=True)]
         noise = reached["noise_scale_at_target_median"].dropna()  # the cells in the rows only
         out[str(setting)] = {
@@ -105,9 +141,10 @@ def scaling(cells: pd.DataFrame) -> dict[str, dict]:
             "not_reached": [str(c) for c in numeric.loc[numeric["target_median_steps"].isna(), "cell"]],
             "critical_batch_size": crossing(sizes, ratios),
             "rule": RULE,
-            "fit": fit_noise_model(sizes, steps),
+            "fit": fit,
             "noise_scale": float(noise.median()) if len(noise) else None,
-            "regimes": regimes(sizes, steps),
+            "slopes": slopes(sizes, steps),
+            "regimes": regimes(fit, sizes[0], sizes[-1]) if sizes else [],
         }
     return out
 
@@ -155,14 +192,8 @@ def study_reading(points: pd.DataFrame) -> dict[str, dict[str, dict]]:
 
 
 def regime_text(found: dict) -> str:
-    """`perfect scaling 16-128, diminishing returns 128-2048, ...`: neighbouring pairs of one regime merged."""
-    spans: list[list] = []
-    for pair in found["regimes"]:
-        if spans and spans[-1][0] == pair["regime"]:
-            spans[-1][2] = pair["to"]
-        else:
-            spans.append([pair["regime"], pair["from"], pair["to"]])
-    return ", ".join(f"{regime} {low}-{high}" for regime, low, high in spans)
+    """`perfect scaling 16-103, diminishing returns 103-924, maximal data parallelism 924-8192`."""
+    return ", ".join(f"{r['regime']} {r['from']:.0f}-{r['to']:.0f}" for r in found["regimes"]) or "no fitted curve"
 
 
 def study_sentence(reading: dict[str, dict[str, dict]], targets: dict[str, float]) -> str:
@@ -191,7 +222,8 @@ def study_sentence(reading: dict[str, dict[str, dict]], targets: dict[str, float
 
 def plot_study(points: pd.DataFrame, reading: dict[str, dict[str, dict]], path) -> None:
     """Steps to the target against batch size (log-log), per workload: the measured medians, perfect scaling
-    from the smallest batch size (dashed), the critical batch size (solid line) and B_simple (dotted)."""
+    from the smallest batch size (dashed), the fitted curve (wide, faint), the critical batch size
+    (dash-dot) and B_simple (dotted)."""
     from pipeline.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -202,14 +234,18 @@ def plot_study(points: pd.DataFrame, reading: dict[str, dict[str, dict]], path) 
             sizes = [r["batch_size"] for r in found["rows"]]
             ax.plot(sizes, [r["steps"] for r in found["rows"]], "o-", color=color, label=optimizer)
             ax.plot(sizes, [r["perfect_steps"] for r in found["rows"]], "--", color=color, alpha=0.5)
+            if found["fit"]:
+                grid = np.geomspace(sizes[0], sizes[-1], 50)
+                fitted = found["fit"]["s_min"] * (1 + found["fit"]["b_noise"] / grid)
+                ax.plot(grid, fitted, "-", color=color, alpha=0.25, linewidth=4)
             if found["critical_batch_size"]:
-                ax.axvline(found["critical_batch_size"], color=color, linestyle="-", alpha=0.35)
+                ax.axvline(found["critical_batch_size"], color=color, linestyle="-.", alpha=0.5)
             if found["noise_scale"]:
                 ax.axvline(found["noise_scale"], color=color, linestyle=":", alpha=0.8)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.set_ylabel("median steps to the target")
-        ax.set_title(f"{workload}: dashed perfect scaling, solid critical B, dotted B_simple", fontsize=9)
+        ax.set_title(f"{workload}: -- perfect scaling, wide: fit, -. critical B, : B_simple", fontsize=9)
         ax.legend()
     save_figure(fig, path)
