@@ -55,9 +55,12 @@ def plot_profiles(found: dict, path: Path) -> None:
         ax.step(taus, [profile(found["ratios"], optimizer, t) for t in taus], where="post", label=optimizer)
     ax.set_xscale("log")
     ax.set_xlim(1.0, top)
+    ticks = [t for t in (1, 1.25, 1.5, 2, 3, 4, 6, 8, 16, 32) if t <= top]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("tau: time to target within tau x the fastest optimizer's")
     ax.set_ylabel("fraction of workloads")
     ax.set_title(f"Performance profiles over {len(found['ratios'])} workload(s)")
-    ax.legend()
+    ax.legend(loc="lower right")
     save_figure(fig, path)
