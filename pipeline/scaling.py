@@ -55,7 +55,7 @@ def compose_workloads(cfg: DictConfig) -> dict[str, dict]:
     found = {}
     for name, workload in settings.workloads.items():
         sizes = [int(b) for b in (workload.batch_sizes or settings.batch_sizes)]
-        # The data commands get the command line's overrides but the study's own, which they do not read.
+        # The data commands get the command line's overrides except the study's own, which they do not read.
         data_overrides = [*(o for o in task if not o.lstrip("+~").startswith("scaling")), *workload.overrides]
         configs = {}
         for optimizer in settings.optimizers:
@@ -103,6 +103,10 @@ def ensure_data(cfg: DictConfig, overrides: list[str]) -> None:
             raise PipelineError(f"python -m {command} {' '.join(overrides)} failed (see its output above)")
 
 
+def load_split_pair(cfg: DictConfig) -> tuple:
+    return load_split(cfg, "train"), load_split(cfg, "val")
+
+
 def run_scaling(cfg: DictConfig) -> dict:
     """Run the study, read it, write the reports; return the summary."""
     from pipeline.core.store import cpu_tags, git_state, parent_run
@@ -114,8 +118,17 @@ def run_scaling(cfg: DictConfig) -> dict:
             "Fix: drop the override, or set train.backend=jax."
         )
     workloads = compose_workloads(cfg)
-    for spec in workloads.values():
-        ensure_data(next(iter(spec["configs"].values())), spec["data"])
+    data = {}
+    for name, spec in workloads.items():
+        first = next(iter(spec["configs"].values()))
+        ensure_data(first, spec["data"])
+        data[name] = Workload(name, first, spec["target"], spec["batch_sizes"], *load_split_pair(first))
+        largest = max(spec["batch_sizes"])
+        if largest > len(data[name].train.x):
+            raise PipelineError(
+                f"scaling.workloads.{name}: batch size {largest} is larger than its {len(data[name].train.x):,} "
+                "training images. Fix it: drop it from scaling.batch_sizes (or the workload's batch_sizes)."
+            )
     started = time.perf_counter()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H-%M-%S")
     tags = {"mnist_pipeline.role": "scaling", **git_state(), **cpu_tags()}
@@ -123,17 +136,8 @@ def run_scaling(cfg: DictConfig) -> dict:
         study = Study(cfg.scaling, parent_id)
         points = []
         for name, spec in workloads.items():
-            first = next(iter(spec["configs"].values()))
-            train, val = load_split(first, "train"), load_split(first, "val")
-            largest = max(spec["batch_sizes"])
-            if largest > len(train.x):
-                raise PipelineError(
-                    f"scaling.workloads.{name}: batch size {largest} is larger than its {len(train.x):,} training "
-                    "images. Fix it: drop it from scaling.batch_sizes (or the workload's batch_sizes)."
-                )
-            workload = Workload(name, first, spec["target"], spec["batch_sizes"], train, val)
             for optimizer_cfg in spec["configs"].values():
-                points += study.optimizer(workload, optimizer_cfg)
+                points += study.optimizer(data[name], optimizer_cfg)
         seconds = time.perf_counter() - started
         summary = write_reports(cfg, points, workloads, seconds, study.runs, parent_id)
     log.info("%s", summary["answer"])
@@ -172,7 +176,9 @@ def best_times(point_rows: list[dict], workloads: dict) -> dict[str, dict[str, f
     return times
 
 
-def write_reports(cfg: DictConfig, points: list, workloads: dict, seconds: float, runs: int, parent_id: str) -> dict:
+def write_reports(
+    cfg: DictConfig, points: list, workloads: dict, seconds: float, runs: int, parent_id: str | None
+) -> dict:
     """`<reports_dir>/scaling/` as one unit, logged to the parent run under `study/` first."""
     import pandas as pd
 
@@ -216,7 +222,7 @@ def write_reports(cfg: DictConfig, points: list, workloads: dict, seconds: float
         now = int(time.time() * 1000)
         client.log_batch(parent_id, metrics=[Metric("study_seconds", seconds, now, 0), Metric("runs", runs, now, 0)])
 
-    write_together(writers, log_to_parent)
+    write_together(writers, log_to_parent if parent_id else None)
     return summary
 
 

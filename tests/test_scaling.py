@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from conftest import run_module
+from conftest import Command, run_module
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.paths import project_paths
 from pipeline.core.store import tracking_uri, use_store
 from pipeline.sweeps.study import faster, rate_of, search_rate
 from pipeline.training.target import DIVERGED, NOT_REACHED, PRUNED, REACHED, Attempt, eval_steps, power_of_two_pieces
@@ -209,3 +212,57 @@ def test_a_points_steps_are_the_median_over_seeds_with_unreached_seeds_infinitel
     point.replicas[4] = fake_attempt(None)
     assert point.median("step") is None, "half of the seeds never reached it: no median"
     assert point.row()["seeds_reached"] == 2 and Point("mnist", "adam", 128, 0.001, False).median("step") is None
+
+
+def test_ctrl_c_ends_the_study_in_one_line_its_runs_killed_and_the_old_reports_kept(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    previous = project_paths(cfg).scaling_report("summary.json")
+    previous.parent.mkdir(parents=True, exist_ok=True)
+    previous.write_text("previous")
+    # Rates that cannot learn: the first run trains until it is stopped.
+    proc = Command(
+        "pipeline.scaling",
+        f"paths.root={cfg.paths.root}",
+        "scaling.optimizers=[adam]",
+        "scaling.batch_sizes=[8]",
+        "~scaling.workloads.fashion_mnist",
+        "scaling.rate_range=[1e-9,1e-8]",
+        "scaling.max_epochs=100000",
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    deadline = time.monotonic() + 120
+    while not (running := [r for r in all_runs(client, cfg) if is_child(r) and r.info.status == "RUNNING"]):
+        assert proc.proc.poll() is None and time.monotonic() < deadline, "".join(proc.lines[-30:])
+        time.sleep(0.5)
+    time.sleep(2)  # training under way
+    proc.send_signal(signal.SIGINT)
+    output = proc.finish(60)
+    assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]
+    assert "Interrupted (Ctrl-C); every MLflow run this command started ended KILLED." in output
+    assert {r.info.status for r in all_runs(client, cfg)} == {"KILLED"}, "the study's parent and its running child"
+    assert len(all_runs(client, cfg)) == 2 and running[0].info.run_name.startswith("mnist-adam-bs8-lr1e-08")
+    assert previous.read_text() == "previous", "no report of an interrupted study"
+
+
+def is_child(run) -> bool:
+    return "mlflow.parentRunId" in run.data.tags
+
+
+def all_runs(client: MlflowClient, cfg) -> list:
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_a_batch_larger_than_a_workloads_training_set_is_refused_before_any_run(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    result = run_module(
+        "pipeline.scaling",
+        f"paths.root={cfg.paths.root}",
+        "scaling.batch_sizes=[8,4096]",
+        "~scaling.workloads.fashion_mnist",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "batch size 4096 is larger than its 360 training images" in output, output[-2000:]
+    assert not (Path(cfg.paths.root) / "mlruns").exists(), "no store, no parent run: nothing was started"

@@ -395,12 +395,17 @@ def tracked_run(
 
 
 @contextlib.contextmanager
-def parent_run(cfg: DictConfig, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
+def parent_run(cfg: DictConfig, run_name: str, tags: Mapping[str, str]) -> Iterator[str | None]:
     """A parent run for child runs started inside the block (never the active run); yields its id.
 
     It ends FINISHED when the block completes, KILLED on Ctrl-C or SIGTERM, FAILED (with
-    `failure_reason`) on any other exception, which is re-raised.
+    `failure_reason`) on any other exception, which is re-raised. Yields None when tracking
+    is disabled.
     """
+    if not cfg.tracking.enabled:
+        with sigterm_raises():
+            yield None
+        return
     from mlflow.tracking import MlflowClient
 
     experiment_id = setup_tracking(cfg)
