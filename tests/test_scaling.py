@@ -8,6 +8,7 @@ import math
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pandas as pd
@@ -266,3 +267,25 @@ def test_a_batch_larger_than_a_workloads_training_set_is_refused_before_any_run(
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "batch size 4096 is larger than its 360 training images" in output, output[-2000:]
     assert not (Path(cfg.paths.root) / "mlruns").exists(), "no store, no parent run: nothing was started"
+
+
+def test_a_choice_at_an_end_of_the_rate_range_is_marked_and_replicated_with_fresh_seeds(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from pipeline.sweeps.study import Study
+
+    settings = OmegaConf.create({"rates_per_decade": 2, "rate_range": [1e-3, 1e-2], "search_seed": 0, "seeds": [1, 2]})
+    cfg = OmegaConf.create(
+        {"train": {"batch_size": 0, "seed": 0, "lr_factor": 1.0, "lr_scaling": "none"}, "optimizer": {"name": "sgd"}}
+    )
+    study, seen = Study(settings, None), []
+
+    def run(workload, attempt_cfg, phase, prune_after=None):
+        seen.append((phase, attempt_cfg.optimizer.learning_rate, attempt_cfg.train.seed))
+        return fake_attempt(round(1 / attempt_cfg.optimizer.learning_rate))  # the larger the rate, the faster
+
+    monkeypatch.setattr(study, "run", run)
+    point = study.point(SimpleNamespace(name="mnist"), cfg, 128, start=-5)
+    assert point.rate == 0.01 and point.on_edge, "the fastest rate is the range's end: marked"
+    assert [s for s in seen if s[0] == "replica"] == [("replica", 0.01, 1), ("replica", 0.01, 2)]
+    assert {s[2] for s in seen if s[0] == "search"} == {0}, "the search trains the search seed only"
