@@ -149,6 +149,18 @@ def scaling(cells: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
+def bend_text(found: dict, within: str) -> str:
+    """`critical batch size about 369, fitted B_noise 211, measured B_simple at the target 2578 (7.0 x it)`."""
+    critical = found["critical_batch_size"]
+    text = f"critical batch size about {critical:.0f}" if critical else f"no bend to 2 x within the {within}"
+    if found["fit"]:
+        text += f", fitted B_noise {found['fit']['b_noise']:.0f}"
+    if found["noise_scale"]:
+        text += f", measured B_simple at the target {found['noise_scale']:.0f}"
+        text += f" ({found['noise_scale'] / critical:.1f} x the critical batch size)" if critical else ""
+    return text
+
+
 def sentence(found: dict[str, dict]) -> str:
     """The reading in words, one clause per setting."""
     if not found:
@@ -165,13 +177,7 @@ def sentence(found: dict[str, dict]) -> str:
             f"from {first['steps']:.0f} to {last['steps']:.0f} ({last['ratio']:.2f} x perfect scaling's "
             f"{last['perfect_steps']:.0f})"
         )
-        critical = s["critical_batch_size"]
-        text += f", critical batch size about {critical:.0f}" if critical else ", no bend to 2 x within the sweep"
-        if s["fit"]:
-            text += f"; fitted B_noise {s['fit']['b_noise']:.0f}"
-        if s["noise_scale"]:
-            text += f", measured B_simple {s['noise_scale']:.0f}"
-        parts.append(text)
+        parts.append(f"{text}; {bend_text(s, 'sweep')}")
     return "; ".join(parts) + "."
 
 
@@ -205,15 +211,7 @@ def study_sentence(reading: dict[str, dict[str, dict]], targets: dict[str, float
             if len(found["rows"]) < 2:
                 parts.append(f"{head}: reached the target at {len(found['rows'])} batch size(s), no scaling to read")
                 continue
-            text = f"{head}: {regime_text(found)}"
-            critical = found["critical_batch_size"]
-            text += f"; critical batch size about {critical:.0f}" if critical else "; no bend to 2 x within the study"
-            if found["fit"]:
-                text += f", fitted B_noise {found['fit']['b_noise']:.0f}"
-            if found["noise_scale"]:
-                text += f", measured B_simple at the target {found['noise_scale']:.0f}"
-                if critical:
-                    text += f" ({found['noise_scale'] / critical:.1f} x the critical batch size)"
+            text = f"{head}: {regime_text(found)}; {bend_text(found, 'study')}"
             if found["not_reached"]:
                 text += f"; never reached at {', '.join(c.rsplit('-bs', 1)[1] for c in found['not_reached'])}"
             parts.append(text)

@@ -243,10 +243,11 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch, evaluations
     return model, seconds, tf.config.threading.get_intra_op_parallelism_threads() or (os.cpu_count() or 1)
 
 
-def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
+def jax_start(cfg: DictConfig, train: Split, val: Split, batch_size: int) -> tuple:
+    """What a JAX run starts from: the model, its compiled program, the initial state (trainable,
+    non-trainable and optimizer variables) and the splits on the device (x, y, x_val, y_val)."""
     from pipeline.model.networks import build_model, build_optimizer
 
-    limit_threads(threads)
     use_compilation_cache(cfg.train.get("compilation_cache"))
     model = build_model(cfg, train.x.shape[1], train.y.shape[1])
     optimizer = build_optimizer(cfg, batch_size)
@@ -257,7 +258,12 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
         [v.value for v in model.non_trainable_variables],
         [v.value for v in optimizer.variables],
     )
-    x, y, x_val, y_val = (device_array(a) for a in (train.x, train.y, val.x, val.y))
+    return model, program, state, tuple(device_array(a) for a in (train.x, train.y, val.x, val.y))
+
+
+def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
+    limit_threads(threads)
+    model, program, state, (x, y, x_val, y_val) = jax_start(cfg, train, val, batch_size)
     start = program.evaluate(state[0], state[1], x_val, y_val)[1]  # the untrained network
     n, rng = len(train.x), np.random.default_rng(int(cfg.train.seed))
     steps = -(-n // batch_size)

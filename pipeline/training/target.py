@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from pipeline.core.errors import check_stop
 from pipeline.data.splits import Split
-from pipeline.training.loop import JaxProgram, device_array, gradient_noise_scale
+from pipeline.training.loop import gradient_noise_scale, jax_start
 
 REACHED, NOT_REACHED, PRUNED, DIVERGED = "reached", "not_reached", "pruned", "diverged"
 
@@ -113,19 +113,8 @@ def train_to_target(
     `schedule` is `eval_steps(...)` for the batch size; `prune_after`: stop (PRUNED) at the first
     validation after this step that has not reached the target.
     """
-    from pipeline.model.networks import build_model, build_optimizer
-
     batch_size, n = int(cfg.train.batch_size), len(train.x)
-    model = build_model(cfg, train.x.shape[1], train.y.shape[1])
-    optimizer = build_optimizer(cfg, batch_size)
-    optimizer.build(model.trainable_variables)
-    program = JaxProgram.for_model(cfg, model, optimizer)
-    state = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in optimizer.variables],
-    )
-    x, y, x_val, y_val = (device_array(a) for a in (train.x, train.y, val.x, val.y))
+    _, program, state, (x, y, x_val, y_val) = jax_start(cfg, train, val, batch_size)
     stream = BatchStream(n, batch_size, int(cfg.train.seed))
     small = int(cfg.train.noise_scale.small_batch)
     sub_batches = min(int(cfg.train.noise_scale.examples), n) // small
