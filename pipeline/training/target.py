@@ -8,8 +8,8 @@ such runs in one process (JAX backend):
   the pipeline's run;
 - validation on a schedule whose spacing grows with the step count (`eval_steps`): steps
   2^(1/8) apart, and at least `min_samples` images apart, so the step at which a run first
-  reaches the target is known to within about 9 % at every batch size, without validation
-  passes dominating the cheap steps of small batches;
+  reaches the target is known to within about 9 % (or `min_samples` images, whichever is
+  more), without validation passes dominating the cheap steps of small batches;
 - a stretch between validations runs as scans of power-of-two lengths, so one batch size
   compiles about a dozen programs, shared by every run of the same model and optimizer
   shape (the learning rate is an input of the program, not part of it);
