@@ -6,14 +6,17 @@ A small study (adam, batch sizes 128 and 1024, 3 seeds, MNIST only) runs as
 `python -m pipeline.scaling` into a temporary store and reports folder. Then each of its
 runs (the search's and the replicas') runs again as its own `python -m pipeline.train`
 process, as a user would run them one by one: the same optimizer, batch size, learning
-rate and seed, `train.stop_at_target=true`, and as many whole epochs as the study's run
-trained (a run the study pruned mid-epoch trains to the end of that epoch). Both sides'
-whole-process wall seconds are measured; the ratio and both figures go to
-reports/study_benchmark.json (`python -m pipeline.project.readme` renders them).
+rate and seed, `train.stop_at_target=true`, as many whole epochs as the study's run
+trained (a run the study pruned mid-epoch trains to the end of that epoch), no logged
+model, and the noise scale only where the study measures it (the replicas). What still
+differs is the validation schedule (4 a epoch there, 2^(1/8) steps apart in the study)
+and a process, its imports and its compilations per run. Both sides' whole-process wall
+seconds are measured; the ratio and both figures go to reports/study_benchmark.json
+(`python -m pipeline.project.readme` renders them).
 
-Vectorised replicas: 4 learning rates of the seed network, trained on the same batches
-(the study's search), one after another against one `jax.vmap` program, at batch sizes 16
-and 1024 (the same steps, compilation excluded).
+Vectorised replicas: 4 learning rates (1e-4 to 1e-2) of the seed network with Adam,
+trained on the same batches (as the study's search does), one after another against one
+`jax.vmap` program, at batch sizes 16 and 1024 (the same steps, compilation excluded).
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ def vmap_ratio(batch_size: int, replicas: int = 4, samples: int = 131_072) -> fl
     index = jnp.asarray(rng.integers(0, 60_000, (samples // batch_size, batch_size)).astype(np.int32))
     single, many = jax.jit(run), jax.jit(jax.vmap(run, in_axes=(0, None)))
     stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a] * replicas), state)
+    rate = next(i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate"))
+    stacked[2][rate] = jnp.asarray(np.geomspace(1e-4, 1e-2, replicas), dtype=stacked[2][rate].dtype)
 
     def seconds(program, argument) -> float:
         jax.block_until_ready(program(argument, index))  # compiled first, not timed
@@ -110,6 +115,7 @@ def main() -> None:
                     "pipeline.train", "optimizer=adam", f"train.batch_size={run.batch_size}",
                     f"optimizer.learning_rate={run.learning_rate}", f"train.seed={run.seed}",
                     "train.stop_at_target=true", f"train.epochs={epochs}", f"paths.models_dir={tmp}/models",
+                    "tracking.log_model=false", *([] if run.phase == "replica" else ["train.noise_scale.examples=0"]),
                     *where,
                 ]
             )  # fmt: skip

@@ -215,10 +215,12 @@ def test_serving_scores_two_images_over_rest(sweep_store, tmp_path):
         requests = {case: {"dataframe_records": records} for case, (records, _) in bad.items()}
         requests["wrong shape (instances)"] = {"instances": [{"pixels": [0.0] * 756}]}
         requests["both forms in one row (instances)"] = {"instances": [{"image": image}, {"pixels": flat[1]}]}
+        requests["both forms in one record"] = {"dataframe_records": [{"image": image, "pixels": flat[1]}]}
         requests["values that are no grid (inputs)"] = {"inputs": {"pixels": ["seven"]}}
         messages = {case: message for case, (_, message) in bad.items()}
         messages["wrong shape (instances)"] = "`pixels` has 756 values"
         messages["both forms in one row (instances)"] = "record 0 has both fields"
+        messages["both forms in one record"] = "record 0 has both fields"
         messages["values that are no grid (inputs)"] = "`pixels` is not a grid of numbers"
         for case, request in requests.items():
             with pytest.raises(urllib.error.HTTPError) as refused:

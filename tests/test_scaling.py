@@ -83,13 +83,14 @@ def test_a_study_run_is_the_start_of_the_pipelines_run(tiny_data_cfg):
     from pipeline.training.loop import fit
     from pipeline.training.target import train_to_target
 
-    cfg = tiny_data_cfg("train.epochs=3", "train.evals_per_epoch=1", "train.batch_size=32", "optimizer=adam")
+    cfg = tiny_data_cfg("train.epochs=3", "train.evals_per_epoch=4", "train.batch_size=32", "optimizer=adam")
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     full = fit(cfg, train, val)
-    per_epoch = -(-len(train.x) // 32)
-    study = train_to_target(cfg, train, val, target=1.01, max_steps=3 * per_epoch, schedule=[per_epoch, 3 * per_epoch])
+    per_epoch = -(-len(train.x) // 32)  # 12: the pipeline validates after steps 3, 6, 9, 12, 15, ...
+    schedule = [3, 6, per_epoch, 2 * per_epoch + 3, 3 * per_epoch]  # cut mid-epoch, across epochs, at their ends
+    study = train_to_target(cfg, train, val, target=1.01, max_steps=3 * per_epoch, schedule=schedule)
     assert study.status == NOT_REACHED and study.steps == 3 * per_epoch
-    expected = [full.evaluations[0], full.evaluations[2]]
+    expected = [next(e for e in full.evaluations if e["step"] == step) for step in schedule]
     for got, want in zip(study.evaluations, expected, strict=True):
         assert got["step"] == want["step"] and got["samples"] == want["samples"]
         assert got["val_accuracy"] == want["val_accuracy"]
@@ -188,7 +189,7 @@ def test_runs_of_one_optimizer_and_batch_size_share_their_compiled_programs(tiny
     schedule = eval_steps(16, 100, 2 ** (1 / 8), 64)
 
     def compiled() -> int:
-        return sum(program.epoch._cache_size() for program in JaxProgram._cache.values())
+        return sum(len(program._compiled) for program in JaxProgram._cache.values())
 
     before = compiled()
     first = train_to_target(
@@ -215,7 +216,8 @@ def test_a_points_steps_are_the_median_over_seeds_with_unreached_seeds_infinitel
     assert point.row()["seeds_reached"] == 2 and Point("mnist", "adam", 128, 0.001, False).median("step") is None
 
 
-def test_ctrl_c_ends_the_study_in_one_line_its_runs_killed_and_the_old_reports_kept(tiny_data_cfg):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_ends_the_study_in_one_line_its_runs_killed_and_the_old_reports_kept(tiny_data_cfg, sig):
     cfg = tiny_data_cfg()
     previous = project_paths(cfg).scaling_report("summary.json")
     previous.parent.mkdir(parents=True, exist_ok=True)
@@ -236,10 +238,11 @@ def test_ctrl_c_ends_the_study_in_one_line_its_runs_killed_and_the_old_reports_k
         assert proc.proc.poll() is None and time.monotonic() < deadline, "".join(proc.lines[-30:])
         time.sleep(0.5)
     time.sleep(2)  # training under way
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     output = proc.finish(60)
-    assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]
-    assert "Interrupted (Ctrl-C); every MLflow run this command started ended KILLED." in output
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig] and "Traceback" not in output, output
+    message = {signal.SIGINT: "Interrupted (Ctrl-C)", signal.SIGTERM: "Terminated (SIGTERM)"}[sig]
+    assert f"{message}; every MLflow run this command started ended KILLED." in output
     assert {r.info.status for r in all_runs(client, cfg)} == {"KILLED"}, "the study's parent and its running child"
     assert len(all_runs(client, cfg)) == 2 and running[0].info.run_name.startswith("mnist-adam-bs8-lr1e-08")
     assert previous.read_text() == "previous", "no report of an interrupted study"
@@ -289,3 +292,17 @@ def test_a_choice_at_an_end_of_the_rate_range_is_marked_and_replicated_with_fres
     assert point.rate == 0.01 and point.on_edge, "the fastest rate is the range's end: marked"
     assert [s for s in seen if s[0] == "replica"] == [("replica", 0.01, 1), ("replica", 0.01, 2)]
     assert {s[2] for s in seen if s[0] == "search"} == {0}, "the search trains the search seed only"
+
+
+def test_a_run_whose_weights_blow_up_stops_as_diverged(tiny_data_cfg):
+    """Keras clips probabilities, so the loss can stay finite: chance accuracy with a loss worse than guessing."""
+    from pipeline.data.splits import load_split
+    from pipeline.sweeps.study import attempt_config
+    from pipeline.training.target import train_to_target
+
+    cfg = tiny_data_cfg("optimizer=sgd")
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    schedule = eval_steps(32, 1000, 2 ** (1 / 8), 64)
+    blown = train_to_target(attempt_config(cfg, 32, 1e4, 0), train, val, target=0.9, max_steps=1000, schedule=schedule)
+    assert blown.status == DIVERGED and blown.steps <= schedule[3], "stopped within its first looks"
+    assert blown.target is None and all(e["val_accuracy"] < 0.5 for e in blown.evaluations)

@@ -330,8 +330,12 @@ def check_scaling(settings: DictConfig) -> None:
     """The scaling study's settings (`scaling.*`): lists not empty, numbers in range, targets accuracies."""
     s = settings
     rules = [
-        ("batch_sizes", len(s.batch_sizes) > 0 and all(b > 0 for b in s.batch_sizes), "[16,128,1024]"),
-        ("seeds", len(s.seeds) > 0 and all(0 <= seed < 2**32 for seed in s.seeds), "[1,2,3]"),
+        ("batch_sizes", _positive_distinct(s.batch_sizes), "[16,128,1024]"),
+        (
+            "seeds",
+            len(s.seeds) > 0 and len(set(s.seeds)) == len(s.seeds) and all(0 <= x < 2**32 for x in s.seeds),
+            "[1,2,3]",
+        ),
         ("search_seed", 0 <= s.search_seed < 2**32, "0"),
         ("rates_per_decade", s.rates_per_decade > 0, "2"),
         ("rate_range", len(s.rate_range) == 2 and 0 < s.rate_range[0] < s.rate_range[1], "[1e-5,10]"),
@@ -345,12 +349,26 @@ def check_scaling(settings: DictConfig) -> None:
         if not ok:
             value = OmegaConf.to_container(s[key]) if OmegaConf.is_config(s[key]) else s[key]
             raise PipelineError(f"scaling.{key}={value} is not allowed. Fix it, e.g. scaling.{key}={example}")
+    if s.search_seed in s.seeds:
+        raise PipelineError(
+            f"scaling.seeds={list(s.seeds)} holds scaling.search_seed={s.search_seed}: the replicas are fresh seeds "
+            "(the search's seed chose the rate). Fix it, e.g. scaling.seeds=[1,2,3] with scaling.search_seed=0"
+        )
     for name, workload in s.workloads.items():
+        if workload.batch_sizes is not None and not _positive_distinct(workload.batch_sizes):
+            raise PipelineError(
+                f"scaling.workloads.{name}.batch_sizes={list(workload.batch_sizes)} is not allowed: distinct positive "
+                f"integers, or null for scaling.batch_sizes. Fix it, e.g. scaling.workloads.{name}.batch_sizes=[32,512]"
+            )
         if not 0 < workload.target <= 1:
             raise PipelineError(
                 f"scaling.workloads.{name}.target={workload.target} is not a validation accuracy in (0, 1]. "
                 f"Fix it, e.g. scaling.workloads.{name}.target=0.97"
             )
+
+
+def _positive_distinct(values: Any) -> bool:
+    return len(values) > 0 and len(set(values)) == len(values) and all(v > 0 for v in values)
 
 
 def check_optimizer(optimizer: DictConfig) -> None:

@@ -9,7 +9,9 @@ The inputs are typed `Any`, and `as_rows` checks their shape and range: MLflow 3
 the scoring protocol's `instances` rows into one stacked array per field, which an
 `Array` column type refuses ("Data must be 1-dimensional"), so typed arrays would serve
 only `dataframe_records`, `dataframe_split` and `inputs`. With `Any`, all four formats
-reach `as_rows` as one record per image.
+reach `as_rows` as one record per image; with `instances`, every row must give the same
+field (MLflow stacks rows by field, so rows of both forms arrive as one record with both,
+which is refused).
 `to_mnist` converts an image file the way MNIST was made, for `pipeline.predict`.
 """
 

@@ -165,7 +165,8 @@ def study_speed(root: Path) -> str:
     return (
         f"On {bench['cpu']} ({bench['date']}, `python benchmarks/study_speed.py`): a study of {bench['runs']} runs "
         f"(`{' '.join(bench['study'])}`) took {bench['study_s']:.0f} s as one `python -m pipeline.scaling`, against "
-        f"{bench['separate_s']:.0f} s for the same runs as separate `python -m pipeline.train` processes "
+        f"{bench['separate_s']:.0f} s for the same runs as separate `python -m pipeline.train` processes (no logged "
+        "model, the noise scale on the replicas only, validation 4 times an epoch: see the script) "
         f"(**{bench['ratio']:.2f}x** the time). In the same run, 4 learning rates in one `jax.vmap` program took "
         + ", ".join(
             f"{r:.2f}x the time of 4 runs one after another at batch size {b}" for b, r in bench["vmap_ratio"].items()

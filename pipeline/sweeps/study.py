@@ -9,7 +9,7 @@ size, with the learning rate tuned for every batch size.
   smaller batch size (the optimizer file's rate, rounded to the grid, for the smallest),
   tries both neighbours and moves toward the faster one until both neighbours of the best
   are slower, so the chosen rate is never on the edge of the rates tried (`on_edge` marks
-  a choice at the end of `scaling.rate_range`). Faster: reached the target at an earlier
+  a choice at the end of the grid inside `scaling.rate_range`). Faster: reached the target at an earlier
   validation (a tie: the higher validation accuracy there); among runs that never reached
   it, the higher last validation accuracy. A run that has passed the best run's step
   without reaching the target cannot win and is stopped (pruned). The search trains
@@ -17,7 +17,7 @@ size, with the learning rate tuned for every batch size.
 - **Replicas**: the chosen rate with each of `scaling.seeds`, fresh seeds (the search's
   seed chose the rate, so its luck would count twice), each to the target or
   `scaling.max_epochs`. A point's steps are the median over its seeds, a seed that never
-  reached the target counting as infinitely late (no median when most never did). A point
+  reached the target counting as infinitely late (no median when half or more never did). A point
   whose search never reached the target is not replicated.
 - **Tracking**: each run is a child run of the study's parent run: its settings, the
   validation curve by step, the time to target (`target.steps`, `target.samples`,
@@ -53,8 +53,9 @@ def rate_of(k: int, per_decade: int) -> float:
     return float(f"{10 ** (k / per_decade):.4g}")
 
 
-def grid_index(rate: float, per_decade: int) -> int:
-    return round(math.log10(rate) * per_decade)
+def grid_index(rate: float, per_decade: int, rounding: Callable[[float], int] = round) -> int:
+    """The grid index nearest `rate` (`math.ceil` / `math.floor`: the first at or above / at or below it)."""
+    return int(rounding(round(math.log10(rate) * per_decade, 9)))
 
 
 def faster(a: Attempt, b: Attempt) -> bool:
@@ -120,8 +121,8 @@ class Point:
     replicas: dict[int, Attempt] = field(default_factory=dict)
 
     def median(self, key: str) -> float | None:
-        """The median over the replicas of `target[key]`, unreached seeds counting as infinite; None if most
-        never reached the target (or there are no replicas)."""
+        """The median over the replicas of `target[key]`, unreached seeds counting as infinite; None when the
+        median is infinite (half the seeds or more never reached the target) or there are no replicas."""
         if not self.replicas:
             return None
         values = sorted(a.target[key] if a.target else math.inf for a in self.replicas.values())
@@ -199,7 +200,8 @@ class Study:
     def point(self, workload: Workload, cfg: DictConfig, batch_size: int, start: int) -> Point:
         """Search the rate for one batch size from grid index `start`, then replicate the choice."""
         per_decade = int(self.settings.rates_per_decade)
-        low, high = (grid_index(float(r), per_decade) for r in self.settings.rate_range)
+        low = grid_index(float(self.settings.rate_range[0]), per_decade, math.ceil)  # the grid inside the range
+        high = grid_index(float(self.settings.rate_range[1]), per_decade, math.floor)
         seed = int(self.settings.search_seed)
 
         def try_rate(k: int, prune_after: int | None) -> Attempt:
@@ -268,9 +270,10 @@ def record_attempt(
         ]
         summary = {"steps": attempt.steps, "train_seconds": attempt.train_seconds}
         if attempt.target:
-            summary.update({f"target.{k}": attempt.target[k] for k in ("step", "samples", "epoch", "train_seconds")})
-            summary["target.steps"] = summary.pop("target.step")
-            summary["target.epochs"] = summary.pop("target.epoch")
+            names = {"target.steps": "step", "target.samples": "samples", "target.epochs": "epoch"}
+            summary.update(
+                {name: attempt.target[key] for name, key in {**names, "target.train_seconds": "train_seconds"}.items()}
+            )
             if attempt.noise_at_target() is not None:
                 summary["noise_scale_at_target"] = attempt.noise_at_target()
         metrics += [Metric(k, float(v), stamp, 0) for k, v in summary.items()]

@@ -81,6 +81,19 @@ def gradient_noise_scale(small_sq: float, big_sq: float, small: int, big: int) -
     return out
 
 
+def blown_up(loss: float, accuracy: float, num_classes: int, rule: DictConfig) -> str | None:
+    """Why training says the weights blew up (see `check_divergence`), or None."""
+    if not math.isfinite(loss):
+        return f"training loss is {loss}"
+    chance, uniform_loss = 1.0 / num_classes, math.log(num_classes)
+    if accuracy <= chance + rule.chance_margin and loss > rule.loss_factor * uniform_loss:
+        return (
+            f"training accuracy {accuracy:.4f} is at chance ({chance:.2f}) while the loss {loss:.4g} is above "
+            f"{rule.loss_factor:g} x ln({num_classes}) = {rule.loss_factor * uniform_loss:.2f}, worse than guessing"
+        )
+    return None
+
+
 def check_divergence(row: dict[str, float], num_classes: int, rule: DictConfig, steps: int, start: float) -> None:
     """Raise `DivergedError` when an epoch says the weights blew up, or that the run does not learn.
 
@@ -96,16 +109,9 @@ def check_divergence(row: dict[str, float], num_classes: int, rule: DictConfig, 
     """
     loss, accuracy, epoch = row["loss"], row["accuracy"], int(row["epoch"])
     hint = "lower optimizer.learning_rate, e.g. optimizer.learning_rate=0.01"
-    if not math.isfinite(loss):
-        raise DivergedError(f"diverged at epoch {epoch}: training loss is {loss} ({hint})")
-    chance, uniform_loss = 1.0 / num_classes, math.log(num_classes)
-    at_chance = accuracy <= chance + rule.chance_margin
-    if at_chance and loss > rule.loss_factor * uniform_loss:
-        raise DivergedError(
-            f"diverged at epoch {epoch}: training accuracy {accuracy:.4f} is at chance ({chance:.2f}) "
-            f"while the loss {loss:.4g} is above {rule.loss_factor:g} x ln({num_classes}) = "
-            f"{rule.loss_factor * uniform_loss:.2f}, worse than guessing ({hint})"
-        )
+    reason = blown_up(loss, accuracy, num_classes, rule)
+    if reason:
+        raise DivergedError(f"diverged at epoch {epoch}: {reason} ({hint})")
     if steps >= rule.learn_after_steps and row["val_accuracy"] < start + rule.min_accuracy_gain:
         raise DivergedError(
             f"does not learn: after {steps} steps ({epoch} epoch(s)) the validation accuracy {row['val_accuracy']:.4f} "
@@ -265,8 +271,8 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
     limit_threads(threads)
     model, program, state, (x, y, x_val, y_val) = jax_start(cfg, train, val, batch_size)
     start = program.evaluate(state[0], state[1], x_val, y_val)[1]  # the untrained network
-    n, rng = len(train.x), np.random.default_rng(int(cfg.train.seed))
-    steps = -(-n // batch_size)
+    n, stream = len(train.x), BatchStream(len(train.x), batch_size, int(cfg.train.seed))
+    steps = stream.steps_per_epoch
     # The epoch's scan cut into `evals_per_epoch` pieces (the same steps in the same order), validated after each.
     piece = -(-steps // max(1, min(int(cfg.train.evals_per_epoch), steps)))
     bounds = [*range(0, steps, piece), steps]
@@ -281,11 +287,7 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
     fit_started, trained, noise_seconds = time.perf_counter(), 0.0, 0.0
     for epoch in range(1, epochs + 1):
         started, loss_sum, correct = time.perf_counter(), 0.0, 0.0
-        index = np.zeros(steps * batch_size, dtype=np.int32)
-        index[:n] = rng.permutation(n)
-        weight = np.zeros(steps * batch_size, dtype=np.float32)
-        weight[:n] = 1.0
-        index, weight = index.reshape(steps, batch_size), weight.reshape(steps, batch_size)
+        index, weight = stream.rows((epoch - 1) * steps, epoch * steps)
         for first, last in zip(bounds, bounds[1:], strict=False):
             piece_started = time.perf_counter()
             check_stop()
@@ -296,7 +298,7 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
             evaluations.append(
                 {
                     "step": (epoch - 1) * steps + last,
-                    "samples": (epoch - 1) * n + min(last * batch_size, n),
+                    "samples": stream.samples((epoch - 1) * steps + last),
                     "epoch": epoch - 1 + last / steps,
                     "train_seconds": trained,
                     "val_loss": val_loss,
@@ -311,9 +313,7 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
         row.update(val_loss=val_loss, val_accuracy=val_accuracy)
         if noise_rng is not None:  # a measurement, not training: its time is its own (`noise.seconds`)
             measuring = time.perf_counter()
-            chosen = noise_rng.choice(n, sub_batches * small, replace=False).astype(np.int32)
-            small_sq, big_sq = program.gradient_norms(state[0], state[1], x, y, chosen.reshape(sub_batches, small))
-            row.update(gradient_noise_scale(small_sq, big_sq, small, sub_batches * small))
+            row.update(program.noise_scale(state, x, y, noise_rng, sub_batches, small))
             row["noise.seconds"] = time.perf_counter() - measuring
             noise_seconds += row["noise.seconds"]
         if verbose:
@@ -333,6 +333,38 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
     for variable, value in zip(model.non_trainable_variables, state[1], strict=True):
         variable.assign(value)
     return model, seconds, threads or (os.cpu_count() or 1)
+
+
+class BatchStream:
+    """Batch indices and weights, epoch after epoch: each epoch a permutation of the training set from
+    `seed`, cut into batches, the last one padded with weight-0 rows."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.steps_per_epoch = -(-n // batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.index = np.zeros((0, batch_size), np.int32)
+        self.weight = np.zeros((0, batch_size), np.float32)
+        self.first = 0  # the step of self.index[0]
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Steps [start, stop) (steps count from 0); earlier steps are forgotten."""
+        while self.first + len(self.index) < stop:
+            index = np.zeros(self.steps_per_epoch * self.batch_size, np.int32)
+            index[: self.n] = self.rng.permutation(self.n)
+            weight = np.zeros(self.steps_per_epoch * self.batch_size, np.float32)
+            weight[: self.n] = 1.0
+            shape = (self.steps_per_epoch, self.batch_size)
+            self.index = np.concatenate([self.index, index.reshape(shape)])
+            self.weight = np.concatenate([self.weight, weight.reshape(shape)])
+        drop = start - self.first
+        self.index, self.weight, self.first = self.index[drop:], self.weight[drop:], start
+        return self.index[: stop - start], self.weight[: stop - start]
+
+    def samples(self, steps: int) -> int:
+        """Training images seen after `steps` steps (the padding of each epoch's last batch not counted)."""
+        full_epochs, rest = divmod(steps, self.steps_per_epoch)
+        return full_epochs * self.n + min(rest * self.batch_size, self.n)
 
 
 _DEVICE_ARRAYS: dict[int, tuple[np.ndarray, Any]] = {}
@@ -365,6 +397,7 @@ class JaxProgram:
         self.model, self.optimizer = model, optimizer
         self.loss = loss
         self.epoch = jax.jit(self._epoch, donate_argnums=(0,))
+        self._compiled: dict[tuple, Any] = {}  # compiled_epoch's executables by shape
         self._evaluate = jax.jit(self._evaluate_batch)
         self._norms = jax.jit(self._gradient_norms)
 
@@ -432,6 +465,19 @@ class JaxProgram:
         (total, small_sq), _ = jax.lax.scan(body, start, index)
         count = index.shape[0]
         return small_sq / count, squared(jax.tree_util.tree_map(lambda g: g / count, total))
+
+    def noise_scale(self, state, x, y, rng: np.random.Generator, sub_batches: int, small: int) -> dict[str, float]:
+        """`gradient_noise_scale` at `state` from `sub_batches` batches of `small` training images drawn by `rng`."""
+        chosen = rng.choice(len(x), sub_batches * small, replace=False).astype(np.int32)
+        small_sq, big_sq = self.gradient_norms(state[0], state[1], x, y, chosen.reshape(sub_batches, small))
+        return gradient_noise_scale(small_sq, big_sq, small, sub_batches * small)
+
+    def compiled_epoch(self, state, x, y, index, weight) -> Any:
+        """`epoch` compiled ahead of time for these shapes, once per process: a caller can time the run alone."""
+        key = (index.shape, x.shape, y.shape)
+        if key not in self._compiled:
+            self._compiled[key] = self.epoch.lower(state, x, y, index, weight).compile()
+        return self._compiled[key]
 
     def gradient_norms(self, trainable, non_trainable, x, y, index) -> tuple[float, float]:
         """Mean |G_small|^2 over the rows of `index` (one sub-batch each) and |G_big|^2 of all of them."""

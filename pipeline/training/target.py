@@ -12,9 +12,12 @@ such runs in one process (JAX backend):
   more), without validation passes dominating the cheap steps of small batches;
 - a stretch between validations runs as scans of power-of-two lengths, so one batch size
   compiles about a dozen programs, shared by every run of the same model and optimizer
-  shape (the learning rate is an input of the program, not part of it);
+  shape (the learning rate is an input of the program, not part of it), compiled ahead of
+  time so that `train_seconds` counts training only;
 - `prune_after`: a learning-rate search stops a run once it can no longer reach the target
   sooner than the best run so far; `max_steps` ends a run that never reaches it;
+- a run whose weights blew up (`blown_up`: a loss that is not finite, or chance accuracy
+  with a loss worse than guessing) stops as DIVERGED;
 - the gradient noise scale (`gradient_noise_scale`) once an epoch and at the target.
 """
 
@@ -29,7 +32,7 @@ from omegaconf import DictConfig
 
 from pipeline.core.errors import check_stop
 from pipeline.data.splits import Split
-from pipeline.training.loop import gradient_noise_scale, jax_start
+from pipeline.training.loop import BatchStream, blown_up, jax_start
 
 REACHED, NOT_REACHED, PRUNED, DIVERGED = "reached", "not_reached", "pruned", "diverged"
 
@@ -71,32 +74,6 @@ def power_of_two_pieces(count: int) -> list[int]:
     return [1 << bit for bit in range(count.bit_length() - 1, -1, -1) if count >> bit & 1]
 
 
-class BatchStream:
-    """Batch indices and weights, epoch after epoch, as `pipeline.training.loop` draws them from `seed`."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size = n, batch_size
-        self.steps_per_epoch = -(-n // batch_size)
-        self.rng = np.random.default_rng(seed)
-        self.index = np.zeros((0, batch_size), np.int32)
-        self.weight = np.zeros((0, batch_size), np.float32)
-        self.first = 0  # the step of self.index[0]
-
-    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Steps [start, stop) (steps count from 0); earlier steps are forgotten."""
-        while self.first + len(self.index) < stop:
-            index = np.zeros(self.steps_per_epoch * self.batch_size, np.int32)
-            index[: self.n] = self.rng.permutation(self.n)
-            weight = np.zeros(self.steps_per_epoch * self.batch_size, np.float32)
-            weight[: self.n] = 1.0
-            shape = (self.steps_per_epoch, self.batch_size)
-            self.index = np.concatenate([self.index, index.reshape(shape)])
-            self.weight = np.concatenate([self.weight, weight.reshape(shape)])
-        drop = start - self.first
-        self.index, self.weight, self.first = self.index[drop:], self.weight[drop:], start
-        return self.index[: stop - start], self.weight[: stop - start]
-
-
 def train_to_target(
     cfg: DictConfig,
     train: Split,
@@ -123,29 +100,30 @@ def train_to_target(
     noted_epochs = 0
     for step in schedule:
         check_stop()
-        started = time.perf_counter()
+        seen, loss_sum, correct = stream.samples(step) - stream.samples(attempt.steps), 0.0, 0.0
         for length in power_of_two_pieces(step - attempt.steps):
             index, weight = stream.rows(attempt.steps, attempt.steps + length)
-            state, loss_sum, _ = program.epoch(state, x, y, index, weight)
+            epoch_program = program.compiled_epoch(state, x, y, index, weight)  # compiling is not training
+            started = time.perf_counter()
+            state, piece_loss, piece_correct = epoch_program(state, x, y, index, weight)
+            loss_sum, correct = loss_sum + float(piece_loss), correct + float(piece_correct)  # float() waits
+            attempt.train_seconds += time.perf_counter() - started
             attempt.steps += length
-        loss = float(loss_sum)  # waits for the last piece
-        attempt.train_seconds += time.perf_counter() - started
-        if not math.isfinite(loss):
+        if blown_up(loss_sum / seen, correct / seen, train.y.shape[1], cfg.train.divergence):
             attempt.status = DIVERGED
             break
         val_loss, val_accuracy = program.evaluate(state[0], state[1], x_val, y_val)
         epoch = step / stream.steps_per_epoch
-        full_epochs, rest = divmod(step, stream.steps_per_epoch)
-        samples = full_epochs * n + min(rest * batch_size, n)
-        evaluation = {"step": step, "samples": samples, "epoch": epoch, "train_seconds": attempt.train_seconds}
-        attempt.evaluations.append({**evaluation, "val_loss": val_loss, "val_accuracy": val_accuracy})
+        evaluation = {"step": step, "samples": stream.samples(step), "epoch": epoch}
+        attempt.evaluations.append(
+            {**evaluation, "train_seconds": attempt.train_seconds, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        )
         reached = val_accuracy >= target
         if noise_rng is not None and (reached or int(epoch) > noted_epochs):
             noted_epochs = int(epoch)
-            chosen = noise_rng.choice(n, sub_batches * small, replace=False).astype(np.int32)
-            small_sq, big_sq = program.gradient_norms(state[0], state[1], x, y, chosen.reshape(sub_batches, small))
-            estimate = gradient_noise_scale(small_sq, big_sq, small, sub_batches * small)
-            attempt.noise.append({"step": step, "epoch": epoch, **estimate})
+            attempt.noise.append(
+                {"step": step, "epoch": epoch, **program.noise_scale(state, x, y, noise_rng, sub_batches, small)}
+            )
         if reached:
             attempt.status, attempt.target = REACHED, attempt.evaluations[-1]
             break
