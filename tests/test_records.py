@@ -374,3 +374,39 @@ def test_a_full_artifact_store_fails_the_run_and_keeps_the_previous_model(tiny_d
         assert finished.data.tags["model.sha256"] == sha256_file(outputs.model), "the files' run is the good one"
     finally:
         subprocess.run(["umount", str(artifacts)], check=True)
+
+
+def test_a_dataset_logged_by_two_jobs_at_once_is_logged_again_not_lost():
+    """The store's get-or-create of a dataset is two steps: the job that loses the race logs again."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.training.records import past_dataset_race
+
+    race = "BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name"
+    calls = []
+
+    def lost_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException(race)
+
+    past_dataset_race(lost_once)
+    assert len(calls) == 2, "logged again after the lost race"
+
+    def broken():
+        calls.append(1)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run not found")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="run not found"):
+        past_dataset_race(broken)
+    assert len(calls) == 1, "any other error is not retried"
+
+    def always_lost():
+        calls.append(1)
+        raise MlflowException(race)
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="UNIQUE constraint failed"):
+        past_dataset_race(always_lost)
+    assert len(calls) == 3, "three tries, then the error"

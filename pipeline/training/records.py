@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,26 @@ def log_datasets(cfg: DictConfig, splits: dict[str, Split]) -> None:
 
     datasets = [dataset_input(split, f"{cfg.dataset.name}-{name}") for name, split in splits.items()]
     contexts = [DATA_CONTEXTS.get(name, name) for name in splits]
-    mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[{} for _ in datasets])
+    past_dataset_race(lambda: mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[{} for _ in datasets]))
+
+
+def past_dataset_race(call: Callable[[], Any], tries: int = 3) -> None:
+    """Log dataset inputs, again when the store lost a race to create the same dataset.
+
+    The store looks a dataset up and inserts it when missing, in two steps: two jobs of a sweep
+    that log the same split at the same moment both insert, and one gets "UNIQUE constraint
+    failed" (seen on a tracking server with SQLite, two SLURM jobs evaluating together). Its
+    transaction is rolled back whole, and the next try finds the dataset the other job made.
+    """
+    for attempt in range(tries):
+        try:
+            call()
+            return
+        except Exception as err:
+            if "UNIQUE constraint failed" not in str(err) or attempt == tries - 1:
+                raise
+            log.info("The store lost a race creating a dataset another job logged at once; logging again")
+            time.sleep(0.2 * (attempt + 1))
 
 
 class EpochLogger:

@@ -34,6 +34,7 @@ from pipeline.training.records import (
     log_model,
     log_run_context,
     model_of_run,
+    past_dataset_race,
     run_name,
 )
 from pipeline.training.scoring import confusion_matrix, measure, plot_confusion_matrix, plot_misclassified
@@ -134,7 +135,7 @@ def evaluate_run(model: Any, test: Split, outputs: RunOutputs, run_id: str | Non
 
         test_input = dataset_input(test, f"{dataset}-test")
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=run_id)
-        mlflow.log_input(test_input, context="testing")
+        past_dataset_race(lambda: mlflow.log_input(test_input, context="testing"))
         if model_id := model_of_run(run_id):  # the MLflow 3 logged model: its Models tab ranks by these
             scores = {k: float(metrics[k]) for k in ("test_accuracy", "test_loss")}
             mlflow.log_metrics(scores, run_id=run_id, model_id=model_id, dataset=test_input)
