@@ -22,7 +22,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -353,18 +353,15 @@ def tracked_run(
     run_id: str | None = None,
     parent_run_id: str | None = None,
 ) -> Iterator[Any]:
-    """Start (or resume, with `run_id`) an MLflow run that always ends with a final status.
+    """Start (or resume, with `run_id`) the active MLflow run; it ends with `final_status`'s status.
 
-    FINISHED when the block completes; KILLED on Ctrl-C or SIGTERM; FAILED on any
-    other exception, whose message is stored in the `failure_reason` tag. The
-    exception is re-raised. Yields None when tracking is disabled.
+    Yields None when tracking is disabled.
     """
     if not cfg.tracking.enabled:
         with sigterm_raises():
             yield None
         return
     import mlflow
-    from mlflow.entities import RunStatus
 
     setup_tracking(cfg)
     system = bool(cfg.tracking.system_metrics) and run_id is None  # a training run, not a resumed one
@@ -374,33 +371,15 @@ def tracked_run(
     run = mlflow.start_run(
         run_id=run_id, run_name=run_name, parent_run_id=parent_run_id, tags=process_tags(), log_system_metrics=system
     )
-    status = RunStatus.to_string(RunStatus.FINISHED)
-    try:
-        with sigterm_raises():
-            yield run
-    except (KeyboardInterrupt, Terminated) as err:
-        status = RunStatus.to_string(RunStatus.KILLED)
-        tag_failure(run.info.run_id, f"interrupted: {type(err).__name__} {err}".strip())
-        raise
-    except Exception as err:
-        status = RunStatus.to_string(RunStatus.KILLED if isinstance(err, RunStopped) else RunStatus.FAILED)
-        tag_failure(run.info.run_id, str(err) or type(err).__name__)
-        raise
-    except BaseException as err:
-        status = RunStatus.to_string(RunStatus.FAILED)
-        tag_failure(run.info.run_id, str(err) or type(err).__name__)
-        raise
-    finally:
-        end_run(run.info.run_id, status)
+    with final_status(run.info.run_id, end_run):
+        yield run
 
 
 @contextlib.contextmanager
 def parent_run(cfg: DictConfig, run_name: str, tags: Mapping[str, str]) -> Iterator[str | None]:
     """A parent run for child runs started inside the block (never the active run); yields its id.
 
-    It ends FINISHED when the block completes, KILLED on Ctrl-C or SIGTERM, FAILED (with
-    `failure_reason`) on any other exception, which is re-raised. Yields None when tracking
-    is disabled.
+    It ends with `final_status`'s status. Yields None when tracking is disabled.
     """
     if not cfg.tracking.enabled:
         with sigterm_raises():
@@ -411,23 +390,38 @@ def parent_run(cfg: DictConfig, run_name: str, tags: Mapping[str, str]) -> Itera
     experiment_id = setup_tracking(cfg)
     client = MlflowClient()
     run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, **process_tags()}).info.run_id
+
+    def end(run_id: str, status: str) -> None:
+        try:
+            client.set_terminated(run_id, status=status)
+        except Exception as err:  # noqa: BLE001 - the store is gone; say so instead of hiding the first error
+            log.error("Could not record the end (%s) of MLflow run %s: %s", status, run_id, err)
+
+    with final_status(run_id, end):
+        yield run_id
+
+
+@contextlib.contextmanager
+def final_status(run_id: str, end: Callable[[str, str], None]) -> Iterator[None]:
+    """Run the block with SIGTERM raising, then `end(run_id, status)` with the status that tells the truth.
+
+    FINISHED when the block completes; KILLED on Ctrl-C, SIGTERM or `RunStopped`; FAILED on any
+    other exception. The reason goes to the `failure_reason` tag; the exception is re-raised.
+    """
     status = "FINISHED"
     try:
         with sigterm_raises():
-            yield run_id
+            yield
     except (KeyboardInterrupt, Terminated) as err:
         status = "KILLED"
         tag_failure(run_id, f"interrupted: {type(err).__name__} {err}".strip())
         raise
     except BaseException as err:
-        status = "FAILED"
+        status = "KILLED" if isinstance(err, RunStopped) else "FAILED"
         tag_failure(run_id, str(err) or type(err).__name__)
         raise
     finally:
-        try:
-            client.set_terminated(run_id, status=status)
-        except Exception as err:  # noqa: BLE001 - the store is gone; say so instead of hiding the first error
-            log.error("Could not record the end (%s) of MLflow run %s: %s", status, run_id, err)
+        end(run_id, status)
 
 
 def end_run(run_id: str, status: str) -> None:
