@@ -22,7 +22,8 @@ from pipeline.core.app import stage_main
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import sha256_file, write_json, write_npz
 from pipeline.core.paths import project_paths
-from pipeline.data.sources import check_mirrors, fetch_mirror, validate_arrays
+from pipeline.data.raw import validate_arrays
+from pipeline.data.sources import check_mirrors, fetch_mirror
 
 log = logging.getLogger(__name__)
 

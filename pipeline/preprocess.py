@@ -18,7 +18,7 @@ from pipeline.core.config import check_val_fraction
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import sha256_file, write_json, write_npz
 from pipeline.core.paths import project_paths
-from pipeline.data.sources import read_npz, validate_arrays
+from pipeline.data.raw import read_npz, validate_arrays
 from pipeline.data.splits import one_hot, to_features
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,13 @@
-"""Every environment variable the pipeline sets for its own processes, with its meaning.
+"""Every environment variable the pipeline sets or reads to pass values between processes.
 
 A sweep hands values from its launcher process to each job through Hydra's
 `hydra.job.env_set` (`pipeline.sweeps.callback`): Hydra sets them in whichever process
 runs the job (in-process, joblib, submitit, SLURM) for the job's duration and restores
-them afterwards, so nothing outlives a sweep. No other state crosses processes.
+them afterwards, so nothing outlives a sweep. Besides these, a process configures its own
+libraries through their variables before importing them: `KERAS_BACKEND` (core/app.py),
+`XLA_FLAGS` threads (training/loop.py) and MLflow's HTTP retry limits (core/store.py);
+processes it starts inherit them. The one other thing that crosses processes is on disk: the
+sweep records under `<mlruns_dir>/sweeps/`, by which compare and tune find the last sweep.
 """
 
 # The sweep's MLflow parent run id (not MLFLOW_RUN_ID, which makes a job resume the parent).

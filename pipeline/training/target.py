@@ -47,6 +47,7 @@ class Attempt:
     evaluations: list[dict[str, float]] = field(default_factory=list)  # step, samples, epoch, train_seconds, val_*
     noise: list[dict[str, float]] = field(default_factory=list)  # step, epoch, noise_scale, noise.trace, ...
     target: dict[str, float] | None = None
+    diverged: str | None = None  # why the weights count as blown up (`blown_up`'s reason)
 
     @property
     def last_accuracy(self) -> float:
@@ -109,7 +110,8 @@ def train_to_target(
             loss_sum, correct = loss_sum + float(piece_loss), correct + float(piece_correct)  # float() waits
             attempt.train_seconds += time.perf_counter() - started
             attempt.steps += length
-        if blown_up(loss_sum / seen, correct / seen, train.y.shape[1], cfg.train.divergence):
+        attempt.diverged = blown_up(loss_sum / seen, correct / seen, train.y.shape[1], cfg.train.divergence)
+        if attempt.diverged:
             attempt.status = DIVERGED
             break
         val_loss, val_accuracy = program.evaluate(state[0], state[1], x_val, y_val)
