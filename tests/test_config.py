@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -117,11 +118,33 @@ def test_bad_values_are_named_with_allowed_values(tmp_path, override, message):
     assert message in str(err.value)
 
 
-def test_misspelt_key_without_plus_is_refused_by_hydra_before_anything_runs(tmp_path):
+def test_misspelt_key_without_plus_is_refused_before_anything_runs(tmp_path):
+    """Refused before Hydra composes (whose own message would suggest adding it with `+`), naming the fix."""
     result = run_module("pipeline.train", f"paths.root={tmp_path}", "train.batchsize=3")
-    assert result.returncode != 0
-    assert "Could not override 'train.batchsize'" in result.stderr
+    assert result.returncode == 1
+    assert "train.batchsize is not a setting of this pipeline" in result.stderr
+    assert "e.g. train.batch_size=..." in result.stderr and "+train.batchsize" not in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "logs").exists(), "refused before Hydra writes its log folder"
+
+
+def test_override_keys_are_checked_against_the_schema_down_to_free_form_nodes():
+    from pipeline.core.config import Config, PredictConfig, check_override_key
+
+    for key in ("train.batch_size", "train.divergence.chance_margin", "paths.raw_dir", "scaling.workloads.x.target"):
+        check_override_key(key, Config)
+    for key in ("model.hidden_units", "optimizer.beta_1", "sweep.grid.optimizer", "hparams_search", "dataset"):
+        check_override_key(key, Config)  # free-form nodes and config groups: Hydra judges them
+    check_override_key("input", PredictConfig)
+    for key, fix in [
+        ("train.divergence.chance_margn", "train.divergence.chance_margin"),
+        ("tracking.urii", "tracking.uri"),
+        ("paths.rawdir", "paths.raw_dir"),
+    ]:
+        with pytest.raises(PipelineError, match=rf"{re.escape(key)} is not a setting.*e\.g\. {re.escape(fix)}=\.\.\."):
+            check_override_key(key, Config)
+    with pytest.raises(PipelineError, match="tracking.urii is not a setting"):
+        check_override_key("tracking.urii", PredictConfig)
 
 
 def test_wrong_type_is_refused_by_the_schema(tmp_path):

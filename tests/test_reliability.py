@@ -40,7 +40,8 @@ def all_runs(cfg):
         (["optimizer=momentum", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a number in [0, 1)"),
         (["split.val_fraction=1.5"], "split.val_fraction=1.5 is not allowed"),
         (["model.hidden_units=[512,-3]"], "model.hidden_units=[512, -3] is not allowed"),
-        (["train.epoch=3"], "Could not override 'train.epoch'"),
+        (["train.epoch=3"], "train.epoch is not a setting of this pipeline (misspelt?)"),
+        (["train.epochs=five"], "could not be converted to Integer"),
         (
             ["train.backend=tensorflow", "train.stop_at_target=true"],
             "train.stop_at_target=true needs train.backend=jax",
@@ -150,16 +151,20 @@ def test_a_stop_inside_the_stores_sql_waits_until_the_interpreter_has_left_it():
         signal.signal(signal.SIGALRM, previous)
 
 
-def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg, sig):
     cfg = tiny_data_cfg()
     proc = Command(
         "pipeline.experiment", "-m", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam",
         "train.epochs=100000", "train.batch_size=8",
     )  # fmt: skip
     proc.wait_for("Epoch 2/", timeout=120)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     output = proc.finish(60)
-    assert proc.returncode != 0, output[-3000:]
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output[-3000:]
+    message = {signal.SIGINT: "Interrupted (Ctrl-C)", signal.SIGTERM: "Terminated (SIGTERM)"}[sig]
+    assert f"{message}; every MLflow run this command started ended KILLED." in output
+    assert "Traceback" not in output, "one line, as for training"
     _, runs = all_runs(cfg)
     children = {r.info.run_name: r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
     parents = [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -104,6 +104,39 @@ def test_winner_is_chosen_on_validation_and_each_cell_gets_a_verdict():
     }
 
 
+def test_each_family_of_p_values_is_holm_corrected_before_the_verdict():
+    """Three cells each below alpha on its own are not called worse once Holm corrects the family."""
+    best = [0.980, 0.982, 0.981]
+    noise = [0.001, -0.001, 0.0005]
+    family = {
+        f"sgd-bs{b}": [x - d + e for x, e in zip(best, noise, strict=True)]
+        for b, d in ((32, 0.003), (64, 0.0031), (128, 0.0032))
+    }
+    table = table_of({"adam-bs32": (best, [0.99] * 3)} | {cell: (tests, [0.9] * 3) for cell, tests in family.items()})
+    comparisons = compare_with_winner(table, aggregate(table), 0.05)
+    raw = {c["cell"]: c["p_welch"] for c in comparisons}
+    assert all(p < 0.05 for p in raw.values()), "each would be called worse on its own"
+    assert {c["cell"]: c["p_welch_holm"] for c in comparisons} == pytest.approx(holm(raw))
+    assert min(c["p_welch_holm"] for c in comparisons) == pytest.approx(3 * min(raw.values()))
+    assert {c["verdict"] for c in comparisons} == {NOT_SHOWN}
+
+
+def test_a_seed_that_never_reached_the_target_counts_as_infinitely_late():
+    from pipeline.analysis.summary import TARGET_KEYS, time_to_target
+
+    rows = []
+    for cell, reached in {"a-bs32": [10, 20, None], "b-bs32": [10, None], "c-bs32": [30, None, None]}.items():
+        for seed, steps in enumerate(reached):
+            row = {"run_name": f"{cell}-s{seed}", "cell": cell, "status": "FINISHED", "target": 0.97}
+            row |= {f"target_{k}": np.nan if steps is None else float(steps) for k in TARGET_KEYS}
+            rows.append(row | {"target_reached": steps is not None})
+    times = time_to_target(pd.DataFrame(rows), 0.97)
+    assert times["a-bs32"]["median_steps"] == 20, "2 of 3 reached: the median is the later of the two"
+    assert times["b-bs32"]["median_steps"] is None, "1 of 2 reached: no median"
+    assert times["c-bs32"]["median_steps"] is None and times["c-bs32"]["reached"] == 1
+    assert times["c-bs32"]["range_train_seconds"] == [30.0, 30.0]
+
+
 def test_a_difference_the_test_images_cannot_tell_is_not_called_worse():
     """Seeds agree closely (Welch rejects), but the models differ on a handful of the same images."""
     table = table_of(

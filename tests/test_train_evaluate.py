@@ -300,10 +300,13 @@ def test_the_logged_model_carries_its_validation_and_test_metrics(trained):
 def test_training_runs_record_system_metrics(tiny_data_cfg, monkeypatch):
     # The store samples once a second; a tiny run can finish within one second on a fast CPU,
     # so this test samples ten times as often (only the interval changes, the monitor is real).
-    every_second = mlflow.set_system_metrics_sampling_interval
-    monkeypatch.setattr(mlflow, "set_system_metrics_sampling_interval", lambda _: every_second(0.1))
+    every_second, asked = mlflow.set_system_metrics_sampling_interval, []
+    monkeypatch.setattr(
+        mlflow, "set_system_metrics_sampling_interval", lambda interval: asked.append(interval) or every_second(0.1)
+    )
     cfg = tiny_data_cfg("train.batch_size=4", "train.epochs=12")
     run = client_for(cfg).get_run(run_experiment(cfg)["run_id"])
+    assert asked == [1], "the pipeline samples once a second"
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     quiet = tiny_data_cfg("tracking.system_metrics=false")
     assert not [

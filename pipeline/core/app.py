@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from pipeline.core.config import backend_name, check_config
+from pipeline.core.config import Config, PredictConfig, backend_name, check_config, check_override_key
 from pipeline.core.env import DVC_OVERRIDES, DVC_STAGE
 from pipeline.core.errors import PipelineError, Terminated, raise_interrupt, raise_terminated
 from pipeline.core.paths import CONFIG_DIR, find_project_root
@@ -86,15 +86,20 @@ def _multirun() -> bool:
     return "-m" in sys.argv or "--multirun" in sys.argv
 
 
-def check_overrides(arguments: list[str]) -> None:
+SCHEMAS = {"config": Config, "predict": PredictConfig}  # each primary config's schema
+
+
+def check_overrides(arguments: list[str], schema: type | None = None) -> None:
     """One line for an override Hydra cannot parse because a value needs quotes (spaces, non-ASCII),
-    or for a `paths.root` that is the filesystem root."""
+    for a `paths.root` that is the filesystem root, or for a key that `schema` does not know."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from pipeline.core.paths import checked_root
 
     for argument in (a for a in arguments if not a.startswith("-")):
         key, _, value = argument.partition("=")
+        if schema is not None and value and not any(c in key for c in "+~@[(") and not key.startswith("hydra."):
+            check_override_key(key, schema)
         if key.lstrip("+") == "paths.root" and value.strip("'\""):
             checked_root(value.strip("'\""))  # Hydra writes its log folder there before any stage runs
         try:
@@ -160,7 +165,7 @@ def stage_main(
             if multirun and not _multirun():
                 sys.argv.insert(1, "-m")
             sys.argv += dvc_overrides()
-            check_overrides(sys.argv[1:])
+            check_overrides(sys.argv[1:], SCHEMAS.get(config_name))
             app()
         except PipelineError as err:
             logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")

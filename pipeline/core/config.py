@@ -11,8 +11,10 @@ and a fix.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,14 +235,35 @@ def check_unknown_keys(node: Any, schema: type, prefix: str = "") -> None:
     for key in node:
         full = f"{prefix}{key}"
         if key not in known:
-            raise PipelineError(
-                f"{full} is not a setting of this pipeline (misspelt?). The settings under "
-                f"{prefix.rstrip('.') or 'the top level'} are: {', '.join(sorted(known))}. "
-                f"Remove it or use one of those, e.g. {prefix}{next(iter(sorted(known)))}=..."
-            )
+            raise _unknown_key(prefix, key, known)
         child = node[key]
         if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
             check_unknown_keys(child, OmegaConf.get_type(child), f"{full}.")
+
+
+def _unknown_key(prefix: str, key: str, known: Any) -> PipelineError:
+    example = (difflib.get_close_matches(str(key), list(known), n=1) or sorted(known))[0]
+    return PipelineError(
+        f"{prefix}{key} is not a setting of this pipeline (misspelt?). The settings under "
+        f"{prefix.rstrip('.') or 'the top level'} are: {', '.join(sorted(known))}. "
+        f"Remove it or use one of those, e.g. {prefix}{example}=..."
+    )
+
+
+def check_override_key(key: str, schema: type) -> None:
+    """Refuse a command line's `train.batchsize=3` before Hydra composes: Hydra's own message would
+    suggest `+train.batchsize=3`, which `check_unknown_keys` then refuses. A top-level name (a config
+    group such as `hparams_search`) and keys under a free-form node (`model`, `optimizer`) pass."""
+    node, prefix = schema, ""
+    for part in key.split("."):
+        fields = typing.get_type_hints(node)
+        if part not in fields:
+            if prefix:
+                raise _unknown_key(prefix, part, fields)
+            return
+        node, prefix = fields[part], f"{prefix}{part}."
+        if not dataclasses.is_dataclass(node):
+            return
 
 
 def check_batch_size(value: Any) -> None:
