@@ -205,6 +205,10 @@ def test_ctrl_c_is_one_line(tiny_data_cfg):
 @pytest.mark.slow
 def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_cfg, tmp_path):
     cfg = tiny_data_cfg()
+    previous = project_paths(cfg).stage_outputs
+    for path in (previous.model, previous.history):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"previous")
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     args = ("--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1")
     port = free_port()
@@ -219,6 +223,7 @@ def test_vanished_tracking_server_fails_in_time_and_keeps_the_epochs(tiny_data_c
     assert proc.returncode == 1
     assert time.monotonic() - stopped < 60, "the run fails within a minute"
     assert "Traceback" not in output
+    assert previous.model.read_bytes() == previous.history.read_bytes() == b"previous", "the previous outputs stay"
     assert "stopped answering" in output and "python -m pipeline.records" in output
     kept = next((project_paths(cfg).mlruns_dir / "unlogged").glob("*.json"))
     with mlflow_service("server", *args, port=port) as base:  # back at the same address: log the kept epochs
@@ -410,3 +415,20 @@ def test_a_dataset_logged_by_two_jobs_at_once_is_logged_again_not_lost():
     with pytest.raises(MlflowException, match="UNIQUE constraint failed"):
         past_dataset_race(always_lost)
     assert len(calls) == 3, "three tries, then the error"
+
+
+def test_a_failed_evaluate_write_keeps_the_previous_metrics_and_plots(tiny_data_cfg):
+    """The metrics change with their plots: one plot cannot be written, so no file is replaced."""
+    cfg = tiny_data_cfg()
+    train(cfg)
+    evaluate(cfg)
+    outputs = project_paths(cfg).stage_outputs
+    outputs.metrics.write_text('{"previous": true}\n')
+    plot = outputs.confusion_matrix.read_bytes()
+    outputs.misclassified.unlink()
+    outputs.misclassified.mkdir()  # a real folder where the last file goes: its final rename fails
+    with pytest.raises(OSError, match="Is a directory"):
+        evaluate(cfg)
+    assert outputs.metrics.read_text() == '{"previous": true}\n', "the previous metrics stay"
+    assert outputs.confusion_matrix.read_bytes() == plot, "and the previous plot"
+    assert not [p for p in outputs.metrics.parent.iterdir() if p.name.startswith(".")], "no temporary files left"
