@@ -128,6 +128,9 @@ def test_a_tiny_study_end_to_end(tiny_data_cfg, tiny_npz, tmp_path):
     assert set(summary["reading"]) == {"mnist", "fashion_mnist"} and summary["runs"] == len(runs)
     assert summary["answer"].startswith("mnist (0.9), sgd:") and "fashion_mnist (0.85)" in summary["answer"]
     assert set(summary["profiles"]["profiles"]) == {"sgd", "adam"}
+    for name in ("profiles.csv", "profiles.png", "steps_vs_batch.png"):
+        assert (reports / name).stat().st_size > 0, name
+    assert set(pd.read_csv(reports / "profiles.csv").optimizer) == {"sgd", "adam"}
     for _, point in points.iterrows():  # the replicas of every point whose search reached the target
         replicas = runs[(runs.phase == "replica") & (runs.workload == point.workload)]
         replicas = replicas[(replicas.optimizer == point.optimizer) & (replicas.batch_size == point.batch_size)]
@@ -149,6 +152,8 @@ def test_a_tiny_study_end_to_end(tiny_data_cfg, tiny_npz, tmp_path):
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {
         "study/summary.json",
         "study/points.csv",
+        "study/profiles.csv",
+        "study/profiles.png",
     }
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == len(runs)
@@ -307,3 +312,20 @@ def test_a_run_whose_weights_blow_up_stops_as_diverged(tiny_data_cfg):
     assert blown.status == DIVERGED and blown.steps <= schedule[3], "stopped within its first looks"
     assert "at chance" in blown.diverged or "loss is" in blown.diverged, blown.diverged
     assert blown.target is None and all(e["val_accuracy"] < 0.5 for e in blown.evaluations)
+
+
+def test_each_optimizer_is_profiled_at_its_best_batch_size():
+    """The profiles take each optimizer's fastest median seconds over its batch sizes; unreached points don't count."""
+    from pipeline.scaling import best_times
+
+    rows = [
+        {"workload": "mnist", "optimizer": "sgd", "batch_size": 16, "median_seconds": 4.0},
+        {"workload": "mnist", "optimizer": "sgd", "batch_size": 64, "median_seconds": 2.5},
+        {"workload": "mnist", "optimizer": "sgd", "batch_size": 256, "median_seconds": None},  # never reached
+        {"workload": "mnist", "optimizer": "adam", "batch_size": 16, "median_seconds": None},
+        {"workload": "fashion", "optimizer": "sgd", "batch_size": 16, "median_seconds": 7.0},
+    ]
+    assert best_times(rows, {"mnist": {}, "fashion": {}}) == {
+        "mnist": {"sgd": 2.5, "adam": None},
+        "fashion": {"sgd": 7.0},
+    }

@@ -57,6 +57,7 @@ def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg)
         assert run.data.params["optimizer.name"] == optimizer
         assert run.data.params["train.batch_size"] == batch
         assert run.data.tags["train.batch_samples"] == batch
+        assert run.data.tags["sweep.cell"] == run.info.run_name, "the cell's runs share the tag"
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
         assert "test_accuracy" in run.data.metrics
     record = sweep_record(root)
@@ -85,6 +86,10 @@ def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg)
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/runs.md", "comparison/heatmap.png", "comparison/summary.json"} <= logged
     assert {"comparison/timing.csv", "comparison/accuracy_vs_time.png"} <= logged, "timings: MLflow only"
+    aggregates = client.get_run(parent.info.run_id).data.metrics  # each cell's aggregates on the parent run
+    for row in table.itertuples():
+        assert aggregates[f"cell.{row.cell}.test_accuracy_mean"] == pytest.approx(row.test_accuracy)
+        assert aggregates[f"cell.{row.cell}.test_accuracy_n"] == 1
 
 
 def test_failed_job_is_recorded_and_the_sweep_goes_on(tiny_data_cfg):
