@@ -329,3 +329,22 @@ def test_each_optimizer_is_profiled_at_its_best_batch_size():
         "mnist": {"sgd": 2.5, "adam": None},
         "fashion": {"sgd": 7.0},
     }
+
+
+def test_each_batch_sizes_search_starts_from_the_rate_chosen_for_the_next_smaller_one(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from pipeline.sweeps.study import Point, Study, grid_index
+
+    study, starts = Study(OmegaConf.create({"rates_per_decade": 2}), None), []
+    chosen = {16: 0.01, 64: 0.03162, 256: 0.1}
+
+    def point(workload, cfg, batch_size, start):
+        starts.append((batch_size, start))
+        return Point("mnist", "sgd", batch_size, chosen[batch_size], False)
+
+    monkeypatch.setattr(study, "point", point)
+    cfg = OmegaConf.create({"optimizer": {"name": "sgd", "learning_rate": 0.001}})
+    points = study.optimizer(SimpleNamespace(batch_sizes=[256, 16, 64]), cfg)
+    assert [p.batch_size for p in points] == [16, 64, 256], "smallest first"
+    assert starts == [(16, grid_index(0.001, 2)), (64, grid_index(0.01, 2)), (256, grid_index(0.03162, 2))]
