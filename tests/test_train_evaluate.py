@@ -368,6 +368,30 @@ def test_noise_scale_is_logged_per_epoch_and_leaves_training_as_it_was(tiny_data
     assert not [k for k in client.get_run(off_run).data.metrics if k.startswith("noise")]
 
 
+def test_the_noise_estimate_is_not_counted_as_training_time(tiny_data_cfg, monkeypatch):
+    """A clock that jumps 1,000 s during each noise estimate: the jumps land in `noise.seconds` only."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    from pipeline.training import loop
+
+    jumped = [0.0]
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: real_time.perf_counter() + jumped[0]))
+    measure = loop.JaxProgram.noise_scale
+
+    def slow_measure(self, *args, **kwargs):
+        jumped[0] += 1000.0
+        return measure(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.JaxProgram, "noise_scale", slow_measure)
+    cfg = tiny_data_cfg("train.epochs=2", "train.noise_scale.examples=64", "train.noise_scale.small_batch=16")
+    result = loop.fit(cfg, load_split(cfg, "train"), load_split(cfg, "val"))
+    assert jumped[0] == 2000.0, "one estimate an epoch"
+    assert all(row["noise.seconds"] >= 1000 for row in result.history)
+    assert all(row["epoch_seconds"] < 1000 for row in result.history), "the epoch's time leaves it out"
+    assert result.train_seconds < 1000 and all(e["train_seconds"] < 1000 for e in result.evaluations)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
