@@ -69,11 +69,53 @@ def expected_stale(relative: str) -> set[str]:
     return EXPECTED_STALE[prefix]
 
 
-def sh(*cmd: str, cwd: Path, env: dict, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+def sh(*cmd: str, cwd: Path, env: dict, ok: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if ok:
         assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def run_queue(repo: Path, env: dict, workers: int, within_s: float) -> str:
+    """`dvc queue start -j <workers>`, then wait until nothing is queued or running; the last status.
+
+    The workers are daemons that keep the starting command's stdout and stderr open until
+    they exit, so the command writes to a file: through a pipe it would block until every
+    worker had gone. Past `within_s`, the workers are killed and the test fails showing the
+    queue's status, each task's log and each worker's log.
+    """
+    log = repo.parent / "queue-start.log"
+
+    def start() -> None:
+        with open(log, "a") as out:
+            started = subprocess.run(
+                ["dvc", "queue", "start", "-j", str(workers)], cwd=repo, env=env, stdout=out, stderr=out, timeout=120
+            )
+        assert started.returncode == 0, log.read_text()
+
+    start()
+    began = time.monotonic()
+    restarted, deadline = False, began + within_s
+    try:
+        while True:
+            status = sh("dvc", "queue", "status", cwd=repo, env=env, timeout=120).stdout
+            if "Queued" not in status and "Running" not in status:
+                return status
+            if time.monotonic() > deadline:
+                break
+            idle = "Running" not in status and "0 active, 0 idle" in status
+            if idle and not restarted and time.monotonic() - began > 60:
+                # DVC's workers can all exit with tasks still queued (treeverse/dvc#10562);
+                # the fix is to start them again, as a user would. A minute lets new workers register.
+                start()
+                restarted = True
+            time.sleep(3)
+        tasks = re.findall(r"^([0-9a-f]{7})\s", status, flags=re.MULTILINE)
+        logs = [sh("dvc", "queue", "logs", t, cwd=repo, env=env, ok=False, timeout=120).stdout[-2000:] for t in tasks]
+        worker_logs = [p.read_text()[-2000:] for p in sorted((repo / ".dvc/tmp/exps/celery").glob("*.out"))]
+        pytest.fail(f"queue not done after {within_s} s:\n{status}\n" + "\n---\n".join(logs + worker_logs))
+    finally:
+        sh("dvc", "queue", "stop", "--kill", cwd=repo, env=env, ok=False, timeout=120)
 
 
 def edit_yaml(path: Path, **values) -> None:
@@ -387,13 +429,7 @@ def test_dvc_experiments_with_hydra_keys(repo):
     before = {r.info.run_id for r in runs(repo)}
     for value in ("sgd", "momentum"):
         sh("dvc", "exp", "run", "--queue", "-S", f"optimizer={value}", "train", cwd=repo, env=env)
-    sh("dvc", "queue", "start", "-j", "2", cwd=repo, env=env)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = sh("dvc", "queue", "status", cwd=repo, env=env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
+    status = run_queue(repo, env, workers=2, within_s=420)
     assert status.count("Success") >= 2, status
     new = [r for r in runs(repo) if r.info.run_id not in before]
     assert {r.data.params["optimizer.name"] for r in new} == {"sgd", "momentum"}
