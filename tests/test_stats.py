@@ -242,3 +242,43 @@ def test_performance_profiles_are_the_share_of_workloads_within_tau_of_the_best(
     assert found["profiles"]["adam"] == {"1": 0.5, "1.25": 1.0, "2": 1.0, "4": 1.0}
     assert found["profiles"]["momentum"] == {"1": 0.5, "1.25": 0.5, "2": 1.0, "4": 1.0}
     assert found["profiles"]["sgd"] == {"1": 0.0, "1.25": 0.0, "2": 0.5, "4": 0.5}, "never reached: never within tau"
+
+
+def test_the_report_page_shows_importance_only_when_measured_and_the_machine_and_settings(tmp_path):
+    import base64
+    import html
+
+    from pipeline.analysis.report import COLUMNS, render
+
+    heatmap, curves = tmp_path / "heatmap.png", tmp_path / "curves.png"
+    heatmap.write_bytes(b"\x89PNG heatmap bytes")
+    curves.write_bytes(b"\x89PNG curves bytes")
+    cells = pd.DataFrame([{column: 0.5 for column in COLUMNS} | {"cell": "adam-bs32", "verdict": "winner", "n": 3}])
+    result = {
+        "sweep": "s<1>",
+        "answer": "Chosen on validation: adam-bs32 & more",
+        "finished": 3,
+        "runs": 3,
+        "test": "Welch",
+        "machine": {"cpu.model": "AMD EPYC <x>", "cpu.vector_extensions": "avx2 avx512f", "cpu.count": "2"},
+    }
+    settings = {"sweep.overrides": "optimizer=sgd,adam", "sweep.launcher": "joblib"}
+
+    page = render(
+        result | {"importance": {"optimizer": 0.8125, "train.batch_size": 0.1875}}, cells, heatmap, curves, settings
+    )
+    assert "<h2>Parameter importance (fANOVA)</h2>" in page
+    assert (
+        "<tr><th>optimizer</th><td>0.812</td></tr>" in page
+        and "<tr><th>train.batch_size</th><td>0.188</td></tr>" in page
+    )
+    for key, value in {**result["machine"], **settings}.items():
+        assert f"<tr><th>{key}</th><td>{html.escape(value)}</td></tr>" in page, key
+    for figure in (heatmap, curves):
+        assert f"data:image/png;base64,{base64.b64encode(figure.read_bytes()).decode()}" in page, (
+            "the figure itself, inline"
+        )
+    assert "Chosen on validation: adam-bs32 &amp; more" in page and "<title>Sweep s&lt;1&gt;</title>" in page
+
+    for unmeasured in ({}, {"importance": None}, {"importance": {}}):
+        assert "Parameter importance" not in render(result | unmeasured, cells, heatmap, curves, settings)
