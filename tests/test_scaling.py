@@ -97,6 +97,25 @@ def test_a_study_run_is_the_start_of_the_pipelines_run(tiny_data_cfg):
         assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
 
 
+def test_a_study_run_stops_at_its_first_validation_at_or_above_the_target(tiny_data_cfg):
+    """A target equal to a validation's accuracy stops the run at that validation, not one later."""
+    from pipeline.data.splits import load_split
+    from pipeline.training.target import REACHED, train_to_target
+
+    cfg = tiny_data_cfg("train.batch_size=32", "optimizer=sgd", "optimizer.learning_rate=0.01")
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    schedule = [2, 4, 6, 8, 12, 16, 24]
+    full = train_to_target(cfg, train, val, target=1.01, max_steps=24, schedule=schedule)
+    accuracies = [e["val_accuracy"] for e in full.evaluations]
+    target = accuracies[3]  # reached exactly at a validation
+    first = next(i for i, accuracy in enumerate(accuracies) if accuracy >= target)
+    assert first < len(schedule) - 1 and max(accuracies) > target, "a slow learner (sgd at 0.01): it would go on"
+    stopped = train_to_target(cfg, train, val, target=target, max_steps=24, schedule=schedule)
+    assert stopped.status == REACHED and stopped.steps == schedule[first] == stopped.target["step"]
+    same = [(e["step"], e["val_accuracy"]) for e in full.evaluations[: first + 1]]
+    assert [(e["step"], e["val_accuracy"]) for e in stopped.evaluations] == same, "trained the same until then"
+
+
 @pytest.mark.slow
 def test_a_tiny_study_end_to_end(tiny_data_cfg, tiny_npz, tmp_path):
     """Two workloads (the second's data made by the study), two optimizers, two batch sizes, two seeds."""
