@@ -282,3 +282,87 @@ def test_the_report_page_shows_importance_only_when_measured_and_the_machine_and
 
     for unmeasured in ({}, {"importance": None}, {"importance": {}}):
         assert "Parameter importance" not in render(result | unmeasured, cells, heatmap, curves, settings)
+
+
+def test_the_figures_draw_each_cells_mean_and_its_spread(monkeypatch, tmp_path):
+    """heatmap.png: the mean test accuracy per optimizer x batch size with its interval, "no run" where
+    none finished; curves.png: each cell's mean validation curve over seeds, its band the range."""
+    from matplotlib.colors import to_rgb
+
+    from pipeline.analysis import plots
+    from pipeline.analysis.summary import cell_curves
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.update({path.name: fig}))
+    cells = pd.DataFrame(
+        [
+            {
+                "cell": "sgd-bs32",
+                "optimizer": "sgd",
+                "batch_size": "32",
+                "mean": 0.91,
+                "ci95_low": 0.9,
+                "ci95_high": 0.92,
+            },
+            {
+                "cell": "sgd-bs64",
+                "optimizer": "sgd",
+                "batch_size": "64",
+                "mean": 0.88,
+                "ci95_low": 0.8,
+                "ci95_high": 0.96,
+            },
+            {
+                "cell": "adam-bs32",
+                "optimizer": "adam",
+                "batch_size": "32",
+                "mean": 0.97,
+                "ci95_low": None,
+                "ci95_high": None,
+            },
+        ]
+    )
+    plots.plot_heatmap(cells, tmp_path / "heatmap.png")
+    ax = drawn["heatmap.png"].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["adam", "sgd"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "64"]
+    shown = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
+    assert np.allclose(shown, [[0.97, np.nan], [0.91, 0.88]], equal_nan=True)
+    labels = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert labels == {
+        (0, 0): "0.9700",
+        (0, 1): "no run",
+        (1, 0): "0.9100\n[0.9000, 0.9200]",
+        (1, 1): "0.8800\n[0.8000, 0.9600]",
+    }
+
+    runs = [("a", "sgd-bs32", "sgd", "32", [0.5, 0.7]), ("b", "sgd-bs32", "sgd", "32", [0.7, 0.9])]
+    runs += [("c", "adam-bs32", "adam", "32", [0.8, 0.95]), ("d", "adam-bs32", "adam", "32", [0.1, 0.2])]
+    curves = pd.DataFrame(
+        [
+            {
+                "run_id": r,
+                "cell": c,
+                "optimizer": o,
+                "batch_size": b,
+                "epoch": e + 1,
+                "val_accuracy": a,
+                "val_loss": 1 - a,
+            }
+            for r, c, o, b, accuracies in runs
+            for e, a in enumerate(accuracies)
+        ]
+    )
+    table = pd.DataFrame({"run_id": list("abcd"), "status": ["FINISHED", "FINISHED", "FINISHED", "FAILED"]})
+    plots.plot_curves(cell_curves(curves, table), tmp_path / "curves.png")
+    accuracy = drawn["curves.png"].axes[1]
+    lines = {line.get_label(): line for line in accuracy.lines}
+    assert set(lines) == {"sgd-bs32", "adam-bs32"}
+    assert np.allclose(lines["sgd-bs32"].get_ydata(), [0.6, 0.8]), "the mean over seeds"
+    assert np.allclose(lines["adam-bs32"].get_ydata(), [0.8, 0.95]), "a failed run is left out"
+    assert lines["sgd-bs32"].get_color() != lines["adam-bs32"].get_color(), "colour = optimizer"
+    assert lines["sgd-bs32"].get_linestyle() == lines["adam-bs32"].get_linestyle(), "line = batch size"
+    sgd_color = to_rgb(lines["sgd-bs32"].get_color())
+    band = next(c for c in accuracy.collections if np.allclose(c.get_facecolor()[0][:3], sgd_color))
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert np.isclose(ys.min(), 0.5) and np.isclose(ys.max(), 0.9), "the band spans the range over seeds"
