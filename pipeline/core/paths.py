@@ -27,6 +27,7 @@ SWEEP_REPORTS = (
     "runs.csv", "runs.md", "cells.csv", "pivot.csv", "curves.csv", "cell_curves.csv", "curves.png", "heatmap.png",
     "report.html", "summary.json",
 )  # fmt: skip
+FOLDER_KEYS = ("raw_dir", "processed_dir", "models_dir", "reports_dir", "mlruns_dir", "logs_dir")  # conf/paths/
 # What `python -m pipeline.scaling` writes into <reports_dir>/scaling/ (all of it, or none of it).
 SCALING_REPORTS = ("runs.csv", "points.csv", "profiles.csv", "summary.json", "steps_vs_batch.png", "profiles.png")
 
@@ -98,6 +99,12 @@ class Paths:
     logs_dir: Path
     dataset: str
     workspace_mlruns: Path  # <mlruns_dir> in this workspace (differs from mlruns_dir only in a queued DVC experiment)
+
+    @classmethod
+    def as_configured(cls, folders: dict[str, str], dataset: str) -> Paths:
+        """The paths relative to the project root, as `conf/paths/` names the folders (how dvc.yaml names them)."""
+        relative = {key: Path(folders[key]) for key in FOLDER_KEYS}
+        return cls(root=Path(), dataset=dataset, workspace_mlruns=relative["mlruns_dir"], **relative)
 
     @property
     def raw_data(self) -> Path:
