@@ -200,6 +200,16 @@ class Paths:
         """Where the artifacts of a SQLite store go: beside its file."""
         return db.parent / "artifacts"
 
+    @staticmethod
+    def lock_beside(db: Path) -> Path:
+        """The lock file of a SQLite store's folder (its first use creates the tables once)."""
+        return db.parent / ".mlflow.lock"
+
+    @staticmethod
+    def write_probe_beside(db: Path) -> Path:
+        """A file written and removed to show that a SQLite store's folder is writable."""
+        return db.parent / f".write-probe-{os.getpid()}"
+
     def unlogged(self, run_id: str) -> Path:
         """Per-epoch metrics of a run whose tracking server vanished, kept for `python -m pipeline.records`."""
         return self.mlruns_dir / "unlogged" / f"{run_id}.json"

@@ -88,9 +88,9 @@ def check_server(uri: str, timeout_s: float) -> None:
 
 
 @contextlib.contextmanager
-def store_lock(folder: Path) -> Iterator[None]:
+def store_lock(db: Path) -> Iterator[None]:
     """An exclusive lock on the local store's folder: its first use creates the tables once."""
-    with open(folder / ".mlflow.lock", "a") as fh:
+    with open(Paths.lock_beside(db), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -125,7 +125,7 @@ def setup_tracking(cfg: DictConfig) -> str:
         db = Path(uri.removeprefix("sqlite:///"))
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
-            probe = db.parent / f".write-probe-{os.getpid()}"
+            probe = Paths.write_probe_beside(db)
             probe.touch()
             probe.unlink()
         except OSError as err:
@@ -134,7 +134,7 @@ def setup_tracking(cfg: DictConfig) -> str:
                 "Set paths.mlruns_dir to a writable folder, or MLFLOW_TRACKING_URI to another store."
             ) from err
         artifact_location = Paths.artifacts_beside(db).as_uri()
-        lock = store_lock(db.parent)
+        lock = store_lock(db)
     use_store(uri)
     name = cfg.tracking.experiment
     try:
