@@ -1,4 +1,5 @@
-"""The `grid` sweeper (`hydra/sweeper=grid`, the default) and the `optuna` sweeper (`hydra/sweeper=optuna`).
+"""The `grid` sweeper (`hydra/sweeper=grid`, also registered as `basic`, the default) and the
+`optuna` sweeper (`hydra/sweeper=optuna`).
 
 Only the plugin classes live here (see this package's docstring): `pipeline.sweeps.grid`
 and `pipeline.sweeps.search` do the work, imported when Hydra sets a sweeper up.

@@ -187,7 +187,7 @@ class Config:
 
 @dataclass
 class PredictConfig:
-    """`python -m pipeline.predict` (conf/predict.yaml)."""
+    """`python -m pipeline.predict` (conf/predict/predict.yaml)."""
 
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -6,7 +6,13 @@ A cell is every setting the sweep varies except the seed: its name is built from
 ...) is a child run of the sweep's parent run named `<cell>-s<seed>`; a search trial is
 one run named `t<trial>-<cell>`. The job returns the cell's mean final `optimized_metric`
 (validation accuracy or loss), the number a sweeper optimises (never a test metric). Its files go to its own
-Hydra job folder; a failed seed is recorded as FAILED and the sweep goes on.
+Hydra job folder; a failed seed is recorded as FAILED and the sweep goes on (settings
+that cannot run were refused for every job before the sweep started, by the callback).
+
+A seed's run becomes a child of the sweep's parent run: the callback hands the parent's
+id to every job (`env.PARENT_RUN`), and `run_experiment` passes it to
+`core.store.tracked_run`, whose `mlflow.start_run(parent_run_id=...)` tags the run
+`mlflow.parentRunId`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Training: fit the configured Keras model, epoch by epoch, on either Keras backend.
 
-- `train.backend=jax` (the default, fastest here: benchmarks/README.md): one compiled
-  program per epoch. The Keras model and optimizer run through Keras' stateless API
+- `train.backend=jax` (the default, fastest here: benchmarks/README.md): the steps
+  between two validations (`train.evals_per_epoch` an epoch) run as one compiled program.
+  The Keras model and optimizer run through Keras' stateless API
   (`model.stateless_call`, `optimizer.stateless_apply`) inside `jax.lax.scan`, so the
   maths is Keras' own (initialisers, optimizer updates, loss), without `fit`'s
   per-step Python. The compiled program is cached per model and optimizer shape, so
@@ -11,6 +12,14 @@
 Both shuffle every epoch from `train.seed`, report the same per-epoch row (loss and
 accuracy weighted by batch size, as Keras does, then validation loss and accuracy),
 and stop a run that diverges (`check_divergence`).
+
+`train.batch_size` on its way to the optimizer step: `core.config.check_config` refuses
+a value that is not a positive integer or `full` before anything runs, and
+`training.runner.check_batch_fits` one larger than the training set; `fit` resolves
+`full` to the training set's size (`resolve_batch_size`); `model.networks.build_optimizer`
+scales the learning rate with it only when `train.lr_scaling` is not `none`; and
+`BatchStream` cuts each epoch's seeded permutation into batches of that size (the last
+one padded with rows of weight 0), one optimizer step each.
 """
 
 from __future__ import annotations
@@ -42,7 +51,14 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 
 class DivergedError(PipelineError):
-    """The run's weights blew up, or it does not learn (see `check_divergence`)."""
+    """The run's weights blew up, or it does not learn (see `check_divergence`).
+
+    Raised at the end of an epoch, after its row is logged and before any file is
+    written, so the previous model and history stay. The run ends FAILED with its
+    `failure_reason` tag (`core.store.final_status`); a stage prints the one line and
+    exits 1; in a sweep the job logs it and goes on with its next seed and the next
+    cell, and compare leaves the run out (it counts finished runs only).
+    """
 
 
 @dataclass
