@@ -11,8 +11,9 @@ A cell is every setting the sweep varied except the seed, replicated over seeds.
   test images of the per-image difference in seed-averaged correctness (are the two
   cells' models told apart by this test set, beyond the luck of which images it holds?).
   Each family of p-values is Holm-corrected over the comparisons with the winner.
-- Verdict: `worse` / `better` when both corrected tests reject at level alpha, `not
-  shown to differ` otherwise, `not testable` when either cell has fewer than two runs.
+- Verdict: `worse` / `better` when both corrected tests reject at level alpha (Welch's
+  alone when the runs kept no per-image record), `not shown to differ` otherwise, `not
+  testable` when either cell has fewer than two runs.
 """
 
 from __future__ import annotations
@@ -62,7 +63,12 @@ def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
 
 
 def aggregate(table: pd.DataFrame, metric: str = "test_accuracy", select: str = "final_val_accuracy") -> list[Cell]:
-    """One `Cell` per cell over its finished runs, the winner (best mean `select`) first."""
+    """One `Cell` per cell over its finished runs, the winner (best mean `select`) first.
+
+    Only FINISHED runs with a `metric` count; cells are grouped by the `sweep.cell` tag;
+    `final_val_accuracy` is each run's last-epoch `val_accuracy` (`summary.collect_runs`);
+    ties go by the cell's name, never by `metric`. compare takes the first as the winner.
+    """
     done = table[(table["status"] == "FINISHED") & table[metric].notna()]
     cells = []
     for name, group in done.groupby("cell", sort=False):

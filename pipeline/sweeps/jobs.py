@@ -3,14 +3,16 @@
 A cell is every setting the sweep varies except the seed: its name is built from them
 (`adam-bs32`, `sgd-bs128-lr0.1`), every run of the cell carries it as the tag
 `sweep.cell`, and compare groups runs by it. Each seed (`train.seed`, `train.seed + 1`,
-...) is a child run of the sweep's parent run named `<cell>-s<seed>`; a search trial is
+...) is a child run of the sweep's parent run named `<cell>-s<seed>` (`<cell>` alone when
+the cell has one seed and the seed is not swept); a search trial is
 one run named `t<trial>-<cell>`. The job returns the cell's mean final `optimized_metric`
 (validation accuracy or loss), the number a sweeper optimises (never a test metric). Its files go to its own
 Hydra job folder; a failed seed is recorded as FAILED and the sweep goes on (settings
 that cannot run were refused for every job before the sweep started, by the callback).
 
-A seed's run becomes a child of the sweep's parent run: the callback hands the parent's
-id to every job (`env.PARENT_RUN`), and `run_experiment` passes it to
+A seed's run becomes a child of the sweep's parent run: the callback creates the parent
+(`SweepCallback._start_parent`) and hands its id to every job (`hand_to_jobs`, as
+`env.PARENT_RUN` through `hydra.job.env_set`), and `training.runner.run_experiment` passes it to
 `core.store.tracked_run`, whose `mlflow.start_run(parent_run_id=...)` tags the run
 `mlflow.parentRunId`.
 """

@@ -13,13 +13,15 @@ Both shuffle every epoch from `train.seed`, report the same per-epoch row (loss 
 accuracy weighted by batch size, as Keras does, then validation loss and accuracy),
 and stop a run that diverges (`check_divergence`).
 
-`train.batch_size` on its way to the optimizer step: `core.config.check_config` refuses
-a value that is not a positive integer or `full` before anything runs, and
+`train.batch_size` on its way to the optimizer step: `core.config.check_config` (run by
+`core.app.prepare_config`, and by the sweep callback for every job) refuses a value that
+is not a positive integer or `full` before anything runs, and
 `training.runner.check_batch_fits` one larger than the training set; `fit` resolves
 `full` to the training set's size (`resolve_batch_size`); `model.networks.build_optimizer`
-scales the learning rate with it only when `train.lr_scaling` is not `none`; and
-`BatchStream` cuts each epoch's seeded permutation into batches of that size (the last
-one padded with rows of weight 0), one optimizer step each.
+scales the learning rate with it by `train.lr_scaling` (`none`; `linear`: x B /
+`train.base_batch_size`; `sqrt`: x its square root); on JAX, `BatchStream` cuts each
+epoch's seeded permutation into batches of that size (the last one padded with rows of
+weight 0), one optimizer step each; on TensorFlow it is `model.fit(batch_size=...)`.
 """
 
 from __future__ import annotations
