@@ -35,6 +35,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def probe_write(folder: Path) -> None:
+    """Write and remove a temporary file in `folder`; OSError if the folder cannot be written."""
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_writable(folders: list[Path]) -> None:
     """Fail now, naming the folder, if an output folder cannot be written (not after training)."""
     from pipeline.core.errors import PipelineError
@@ -47,9 +54,7 @@ def check_writable(folders: list[Path]) -> None:
         try:
             if not existing.is_dir():
                 raise NotADirectoryError(20, "Not a directory", str(existing))
-            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
-            os.close(fd)
-            os.unlink(probe)
+            probe_write(existing)
         except OSError as err:
             raise PipelineError(
                 f"Cannot write to {folder} ({err.strerror or err}): make it writable (and check free space), "

@@ -9,6 +9,7 @@ The MLflow store is the exception: in a DVC experiment run in a temporary copy
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ SWEEP_REPORTS = (
     "runs.csv", "runs.md", "cells.csv", "pivot.csv", "curves.csv", "cell_curves.csv", "curves.png", "heatmap.png",
     "report.html", "summary.json",
 )  # fmt: skip
-FOLDER_KEYS = ("raw_dir", "processed_dir", "models_dir", "reports_dir", "mlruns_dir", "logs_dir")  # conf/paths/
 # What `python -m pipeline.scaling` writes into <reports_dir>/scaling/ (all of it, or none of it).
 SCALING_REPORTS = ("runs.csv", "points.csv", "profiles.csv", "summary.json", "steps_vs_batch.png", "profiles.png")
 
@@ -103,7 +103,8 @@ class Paths:
     @classmethod
     def as_configured(cls, folders: dict[str, str], dataset: str) -> Paths:
         """The paths relative to the project root, as `conf/paths/` names the folders (how dvc.yaml names them)."""
-        relative = {key: Path(folders[key]) for key in FOLDER_KEYS}
+        keys = [f.name for f in dataclasses.fields(cls) if f.name.endswith("_dir")]  # the folders of conf/paths/
+        relative = {key: Path(folders[key]) for key in keys}
         return cls(root=Path(), dataset=dataset, workspace_mlruns=relative["mlruns_dir"], **relative)
 
     @property
@@ -204,11 +205,6 @@ class Paths:
     def lock_beside(db: Path) -> Path:
         """The lock file of a SQLite store's folder (its first use creates the tables once)."""
         return db.parent / ".mlflow.lock"
-
-    @staticmethod
-    def write_probe_beside(db: Path) -> Path:
-        """A file written and removed to show that a SQLite store's folder is writable."""
-        return db.parent / f".write-probe-{os.getpid()}"
 
     def unlogged(self, run_id: str) -> Path:
         """Per-epoch metrics of a run whose tracking server vanished, kept for `python -m pipeline.records`."""

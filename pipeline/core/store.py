@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import env
 from pipeline.core.errors import PipelineError, RunStopped, Terminated, raise_terminated
+from pipeline.core.files import probe_write
 from pipeline.core.paths import Paths, find_project_root, project_paths
 
 log = logging.getLogger(__name__)
@@ -125,9 +126,7 @@ def setup_tracking(cfg: DictConfig) -> str:
         db = Path(uri.removeprefix("sqlite:///"))
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
-            probe = Paths.write_probe_beside(db)
-            probe.touch()
-            probe.unlink()
+            probe_write(db.parent)
         except OSError as err:
             raise PipelineError(
                 f"Cannot create the MLflow store at {db.parent} ({err.strerror or err}). "
