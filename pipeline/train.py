@@ -15,9 +15,9 @@ from pipeline.core.paths import project_paths
 from pipeline.core.store import record_stage, tracked_run
 from pipeline.data.splits import load_split
 from pipeline.model.networks import check_buildable
-from pipeline.training.loop import TrainResult
+from pipeline.training.loop import TrainResult, check_batch_fits
 from pipeline.training.records import run_name
-from pipeline.training.runner import check_batch_fits, train_run
+from pipeline.training.runner import train_run
 
 
 def train(cfg: DictConfig) -> TrainResult:

@@ -32,7 +32,7 @@ def test_every_option_of_every_group_composes_and_checks(compose_cfg, group, opt
     cfg = compose_cfg(f"{group}={option}")
     check_config(cfg)
     if group == "optimizer":
-        from pipeline.model.networks import build_optimizer
+        from pipeline.core.config import build_optimizer
 
         optimizer = build_optimizer(cfg)
         assert optimizer.name == option, "the optimizer's name is its file's name"
@@ -46,7 +46,7 @@ def test_every_option_of_every_group_composes_and_checks(compose_cfg, group, opt
 
 
 def test_momentum_is_sgd_with_momentum(compose_cfg):
-    from pipeline.model.networks import build_optimizer
+    from pipeline.core.config import build_optimizer
 
     optimizer = build_optimizer(compose_cfg("optimizer=momentum"))
     assert type(optimizer).__name__ == "SGD" and optimizer.momentum == pytest.approx(0.9)
@@ -75,7 +75,7 @@ def test_optimizer_file_needs_only_target_and_arguments(tmp_path, compose_cfg):
     extra.mkdir(parents=True)
     (extra / "adagrad.yaml").write_text("_target_: keras.optimizers.Adagrad\nlearning_rate: 0.01\n")
     cfg = compose_cfg("optimizer=adagrad", f"hydra.searchpath=[file://{extra.parent}]")
-    from pipeline.model.networks import build_optimizer
+    from pipeline.core.config import build_optimizer
 
     assert cfg.optimizer.name == "adagrad"
     assert type(build_optimizer(cfg)).__name__ == "Adagrad"

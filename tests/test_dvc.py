@@ -348,6 +348,19 @@ def test_every_edit_reruns_exactly_what_it_can_change(repo):
     assert edit_then_repro("conf/tracking/mlflow.yaml", log_model=False) == {"compose"}
     assert edit_then_repro("conf/scaling/default.yaml", max_epochs=20) == {"compose"}, "the study is outside the DAG"
     assert edit_then_repro("conf/sweep/optimizers_x_batch_sizes.yaml", seeds=1) == {"compose", "sweep", "compare"}
+    # The README's recipe for a new optimizer in the default sweep: add it to the grid, compose,
+    # rewrite dvc.yaml, dvc repro. The sweep (now with its cell) and compare rerun, and its file is a dependency.
+    grid = {"optimizer": "sgd,adam,adagrad", "train.batch_size": "32"}
+    edit_yaml(repo / "conf/sweep/optimizers_x_batch_sizes.yaml", grid=grid)
+    sh("python", "-m", "pipeline.compose", cwd=repo, env=env)
+    sh("python", "-m", "pipeline.project.stages", cwd=repo, env=env)
+    sweep_deps = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["sweep"]["deps"]
+    assert "conf/optimizer/adagrad.yaml" in sweep_deps
+    assert ran(sh("dvc", "repro", cwd=repo, env=env).stdout) == {"compose", "sweep", "compare"}
+    assert "adagrad-bs32" in {run.data.tags.get("sweep.cell") for run in runs(repo)}
+    edit_yaml(repo / "conf/optimizer/adagrad.yaml", learning_rate=0.02)
+    assert stale(repo, env) == {"sweep"}, "editing a swept optimizer's file reruns the sweep"
+    edit_yaml(repo / "conf/optimizer/adagrad.yaml", learning_rate=0.01)
     everything_but_data = {"compose", "train", "evaluate", "sweep", "compare"}
     assert edit_then_repro("conf/train/default.yaml", epochs=2) == everything_but_data
     assert edit_then_repro("conf/model/mlp.yaml", hidden_units=[64]) == everything_but_data

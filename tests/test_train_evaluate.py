@@ -205,7 +205,8 @@ def test_tensorflow_backend_trains_and_evaluates_the_same_way(tiny_data_cfg):
 def test_the_jax_training_loop_matches_keras_fit(tiny_data_cfg):
     """The hand-written JAX loop and Keras' own `model.fit`, on the same model, data, batches and settings:
     the first epoch's loss and accuracy (training and validation) agree within 1e-4 (float rounding)."""
-    from pipeline.model.networks import build_model, build_optimizer
+    from pipeline.core.config import build_optimizer
+    from pipeline.model.networks import build_model
     from pipeline.training.loop import fit
 
     cfg = tiny_data_cfg("optimizer=adam", "train.batch_size=32", "train.epochs=1")
@@ -329,7 +330,8 @@ def test_gradient_norms_are_those_of_the_sub_batches_and_their_union(tiny_data_c
     import jax
     import jax.numpy as jnp
 
-    from pipeline.model.networks import build_model, build_optimizer
+    from pipeline.core.config import build_optimizer
+    from pipeline.model.networks import build_model
     from pipeline.training.loop import JaxProgram
 
     cfg = tiny_data_cfg()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_module
 
-from pipeline.model.networks import build_optimizer, effective_learning_rate
+from pipeline.core.config import build_optimizer, effective_learning_rate
 
 
 @pytest.mark.parametrize(("rule", "factor"), [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])

@@ -6,6 +6,11 @@ wrong type while composing. A key added with `+` bypasses that check, so `check_
 walks the composed config against the schema once more, then applies the range rules
 that types cannot express. Every message names the key, the value, what is allowed
 and a fix.
+
+It also says what the settings come to where the batch size decides it: the samples per
+step (`resolve_batch_size`), the learning rate after `train.lr_scaling`
+(`effective_learning_rate`) and the Keras optimizer that `optimizer` instantiates at that
+rate (`build_optimizer`). The training loop (`training/loop.py`) does the rest.
 """
 
 from __future__ import annotations
@@ -75,9 +80,9 @@ class SplitConfig:
 class DivergenceConfig:
     # A run has diverged when its training loss is not finite, or its training accuracy is
     # within `chance_margin` of chance (1 / classes) while its loss exceeds `loss_factor` x
-    # ln(classes); it does not learn when, after `learn_after_steps` optimizer steps, its
-    # validation accuracy is not `min_accuracy_gain` above the untrained network's
-    # (pipeline/training/loop.py). Either ends the run FAILED.
+    # ln(classes); it does not learn when, at the end of an epoch once `learn_after_steps`
+    # optimizer steps are done, its validation accuracy is not `min_accuracy_gain` above the
+    # untrained network's (pipeline/training/loop.py). Either ends the run FAILED.
     chance_margin: float = 0.05
     loss_factor: float = 2.0
     learn_after_steps: int = 200
@@ -282,6 +287,36 @@ def resolve_batch_size(value: Any, n_train: int) -> int:
             "train.batch_size", value, f"at most the {n_train:,} training images (or '{FULL_BATCH}')", FULL_BATCH
         )
     return n_train if value == FULL_BATCH else int(value)
+
+
+def effective_learning_rate(cfg: DictConfig, batch_samples: int | None = None) -> float:
+    """`optimizer.learning_rate` x `train.lr_factor`, scaled with the batch size by `train.lr_scaling`.
+
+    `batch_samples` is the batch size in samples (`full` resolved); None means the
+    base batch size (no scaling), for checks made before the data is read.
+    """
+    rate = float(cfg.optimizer.learning_rate) * float(cfg.train.lr_factor)
+    ratio = (batch_samples or cfg.train.base_batch_size) / cfg.train.base_batch_size
+    rule = str(getattr(cfg.train.lr_scaling, "value", cfg.train.lr_scaling))
+    return rate * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[rule]
+
+
+def build_optimizer(cfg: DictConfig, batch_samples: int | None = None) -> Any:
+    """Instantiate `cfg.optimizer` (a Keras optimizer class and its arguments) at the effective rate."""
+    args = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    # Keras refuses an integer learning rate, which is what `learning_rate=1000` parses to.
+    args["learning_rate"] = effective_learning_rate(cfg, batch_samples)
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(args, _convert_="all")
+    except Exception as err:  # noqa: BLE001 - an unknown class or argument in the optimizer file
+        cause = err.__cause__ or err
+        raise PipelineError(
+            f"optimizer={cfg.optimizer.get('name')} ({cfg.optimizer._target_}) cannot be built: {cause}. "
+            "An optimizer file holds `_target_` (a Keras optimizer class) and that class's arguments; "
+            "fix or remove the argument named above."
+        ) from err
 
 
 def check_val_fraction(value: Any) -> float:

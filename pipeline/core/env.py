@@ -7,7 +7,8 @@ them afterwards, so nothing outlives a sweep. Besides these, a process configure
 libraries through their variables before importing them: `KERAS_BACKEND` (core/app.py),
 `XLA_FLAGS` threads (training/loop.py) and MLflow's HTTP retry limits (core/store.py);
 processes it starts inherit them. The one other thing that crosses processes is on disk: the
-sweep records under `<mlruns_dir>/sweeps/`, by which compare and tune find the last sweep.
+sweep records under `<mlruns_dir>/sweeps/`, by which compare and tune find the last sweep
+(the compare stage under DVC reads the sweep stage's own record, `<mlruns_dir>/stages/sweep.json`).
 """
 
 # The sweep's MLflow parent run id (not MLFLOW_RUN_ID, which makes a job resume the parent).

@@ -1,4 +1,4 @@
-"""The workload's model: the networks conf/model/ names, the optimizer, Keras files, the served pyfunc.
+"""The workload's model: the networks conf/model/ names, Keras files, the served pyfunc.
 
 Imports `pipeline.core` only.
 """

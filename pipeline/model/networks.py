@@ -1,4 +1,7 @@
-"""The networks (builder functions that conf/model/ names) and the optimizer, built from config; Keras files."""
+"""The networks (builder functions that conf/model/ names), built from config; Keras files.
+
+The optimizer is built in `core.config` (`build_optimizer`), with the learning rate the batch size scales.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.core.config import build_optimizer
 from pipeline.core.errors import PipelineError
 
 
@@ -83,34 +87,6 @@ def check_buildable(cfg: DictConfig) -> None:
     """Build the optimizer and the network once, so a bad setting fails before any data or run."""
     build_optimizer(cfg)
     build_model(cfg, math.prod(cfg.dataset.image_shape), int(cfg.dataset.num_classes))
-
-
-def effective_learning_rate(cfg: DictConfig, batch_samples: int | None = None) -> float:
-    """`optimizer.learning_rate` x `train.lr_factor`, scaled with the batch size by `train.lr_scaling`.
-
-    `batch_samples` is the batch size in samples (`full` resolved); None means the
-    base batch size (no scaling), for checks made before the data is read.
-    """
-    rate = float(cfg.optimizer.learning_rate) * float(cfg.train.lr_factor)
-    ratio = (batch_samples or cfg.train.base_batch_size) / cfg.train.base_batch_size
-    rule = str(getattr(cfg.train.lr_scaling, "value", cfg.train.lr_scaling))
-    return rate * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[rule]
-
-
-def build_optimizer(cfg: DictConfig, batch_samples: int | None = None) -> Any:
-    """Instantiate `cfg.optimizer` (a Keras optimizer class and its arguments) at the effective rate."""
-    args = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    # Keras refuses an integer learning rate, which is what `learning_rate=1000` parses to.
-    args["learning_rate"] = effective_learning_rate(cfg, batch_samples)
-    try:
-        return instantiate(args, _convert_="all")
-    except Exception as err:  # noqa: BLE001 - an unknown class or argument in the optimizer file
-        cause = err.__cause__ or err
-        raise PipelineError(
-            f"optimizer={cfg.optimizer.get('name')} ({cfg.optimizer._target_}) cannot be built: {cause}. "
-            "An optimizer file holds `_target_` (a Keras optimizer class) and that class's arguments; "
-            "fix or remove the argument named above."
-        ) from err
 
 
 def keep_tensorflow_unloaded() -> None:

@@ -137,7 +137,7 @@ class SweepCallback(Callback):
     def _start(self, config: DictConfig) -> None:
         from pipeline.core.app import prepare_config
         from pipeline.model.networks import check_buildable
-        from pipeline.training.runner import check_batch_fits
+        from pipeline.training.loop import check_batch_fits
 
         overrides = grid.sweep_overrides(config)
         swept = grid.swept_keys(overrides)

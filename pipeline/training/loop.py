@@ -13,12 +13,12 @@ Both shuffle every epoch from `train.seed`, report the same per-epoch row (loss 
 accuracy weighted by batch size, as Keras does, then validation loss and accuracy),
 and stop a run that diverges (`check_divergence`).
 
-`train.batch_size` on its way to the optimizer step: `core.config.check_config` (run by
-`core.app.prepare_config`, and by the sweep callback for every job) refuses a value that
-is not a positive integer or `full` before anything runs, and
-`training.runner.check_batch_fits` one larger than the training set; `fit` resolves
-`full` to the training set's size (`resolve_batch_size`); `model.networks.build_optimizer`
-scales the learning rate with it by `train.lr_scaling` (`none`; `linear`: x B /
+`train.batch_size` on its way to the optimizer step, in this module and `core.config`:
+`check_config` (run by `core.app.prepare_config`, and by the sweep callback for every
+job) refuses a value that is not a positive integer or `full` before anything runs, and
+`check_batch_fits` (below) one larger than the training set; `fit` resolves `full` to the
+training set's size (`resolve_batch_size`); `build_optimizer` scales the learning rate
+with it by `train.lr_scaling` (`effective_learning_rate`: `none`; `linear`: x B /
 `train.base_batch_size`; `sqrt`: x its square root); on JAX, `BatchStream` cuts each
 epoch's seeded permutation into batches of that size (the last one padded with rows of
 weight 0), one optimizer step each; on TensorFlow it is `model.fit(batch_size=...)`.
@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core.config import backend_name, resolve_batch_size
+from pipeline.core.config import backend_name, build_optimizer, resolve_batch_size
 from pipeline.core.env import THREADS
 from pipeline.core.errors import PipelineError, check_stop
-from pipeline.data.splits import INFERENCE_BATCH_SIZE, Split
+from pipeline.data.splits import INFERENCE_BATCH_SIZE, Split, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,15 @@ def use_compilation_cache(folder: str | None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+def check_batch_fits(cfg: DictConfig) -> None:
+    """Refuse a batch size above the processed training set (from what preprocess recorded; skipped without it)."""
+    try:
+        n_train = int(read_meta(cfg)["tensors"]["train"]["x"]["shape"][0])
+    except (PipelineError, KeyError, TypeError):
+        return  # no processed data yet: reading the splits says so
+    resolve_batch_size(cfg.train.batch_size, n_train)
+
+
 def fit(cfg: DictConfig, train: Split, val: Split, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Build, compile and fit the model on `train` from `train.seed`, validating on `val` every epoch."""
     threads = thread_count(cfg)
@@ -211,7 +220,7 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch, evaluations
     import keras
     import tensorflow as tf
 
-    from pipeline.model.networks import build_model, build_optimizer
+    from pipeline.model.networks import build_model
 
     if threads:
         try:
@@ -270,7 +279,7 @@ def _fit_tensorflow(cfg, train, val, batch_size, threads, end_epoch, evaluations
 def jax_start(cfg: DictConfig, train: Split, val: Split, batch_size: int) -> tuple:
     """What a JAX run starts from: the model, its compiled program, the initial state (trainable,
     non-trainable and optimizer variables) and the splits on the device (x, y, x_val, y_val)."""
-    from pipeline.model.networks import build_model, build_optimizer
+    from pipeline.model.networks import build_model
 
     use_compilation_cache(cfg.train.get("compilation_cache"))
     model = build_model(cfg, train.x.shape[1], train.y.shape[1])

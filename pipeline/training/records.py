@@ -41,8 +41,7 @@ def log_run_context(cfg: DictConfig, run_id: str, splits: dict[str, Split]) -> N
     """Params, provenance tags, the datasets read (MLflow dataset inputs) and the resolved config."""
     import mlflow
 
-    from pipeline.core.config import resolve_batch_size
-    from pipeline.model.networks import effective_learning_rate
+    from pipeline.core.config import effective_learning_rate, resolve_batch_size
 
     batch = resolve_batch_size(cfg.train.batch_size, len(splits["train"].x))
     params = {**flat_params(cfg), "optimizer.effective_learning_rate": effective_learning_rate(cfg, batch)}

@@ -26,7 +26,7 @@ from pipeline.core.files import check_writable, named_copies, sha256_file, write
 from pipeline.core.paths import RunOutputs, project_paths
 from pipeline.core.store import tracked_run
 from pipeline.data.splits import Split, load_split
-from pipeline.training.loop import TrainResult, fit, history_csv, time_to_target
+from pipeline.training.loop import TrainResult, check_batch_fits, fit, history_csv, time_to_target
 from pipeline.training.records import (
     MODEL_SHA_TAG,
     EpochLogger,
@@ -211,18 +211,6 @@ def run_experiment(
         metrics = evaluate_run(result.model, test, outputs, run_id, str(cfg.dataset.name))
     final = {k: result.history[-1][k] for k in ("val_accuracy", "val_loss")}
     return {**metrics, **final, "run_id": run_id, "history": result.history}
-
-
-def check_batch_fits(cfg: DictConfig) -> None:
-    """Refuse a batch size above the processed training set (from what preprocess recorded; skipped without it)."""
-    from pipeline.core.config import resolve_batch_size
-    from pipeline.data.splits import read_meta
-
-    try:
-        n_train = int(read_meta(cfg)["tensors"]["train"]["x"]["shape"][0])
-    except (PipelineError, KeyError, TypeError):
-        return  # no processed data yet: reading the splits says so
-    resolve_batch_size(cfg.train.batch_size, n_train)
 
 
 def load_splits(cfg: DictConfig) -> tuple[Split, Split, Split]:
