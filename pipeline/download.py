@@ -1,8 +1,8 @@
 """Download stage: try the dataset's mirrors in order, write one canonical `.npz`.
 
 Output: `<raw_dir>/<name>.npz` (uint8 images `(N, 28, 28)`, uint8 labels) and
-`<raw_dir>/<name>.json` (which mirror, checksums, counts: nothing that changes between
-two downloads of the same data, so DVC sees the same output). An output that already
+`<raw_dir>/<name>.json` (which mirror, checksums, counts; no timestamp, so the same
+mirror's data gives the same output and DVC sees nothing new; another mirror is named). An output that already
 verifies against its provenance file is kept and nothing is downloaded.
 """
 

@@ -110,7 +110,8 @@ def compare_views(paths: Paths) -> dict:
     for view, summary in (("default", default), ("tuned", tuned)):
         if summary is None:
             continue
-        for cell in summary["cells"]:  # the tuned cells' names carry their chosen factor (`-lrx3.0`): not a cell key
+        for cell in summary["cells"]:  # keyed by optimizer and batch size (reports of older
+            # versions named tuned cells with their factor, `-lrx3.0`)
             name = f"{cell['optimizer']}-bs{cell['batch_size']}"
             entry = cells.setdefault(name, {"optimizer": cell["optimizer"], "batch_size": cell["batch_size"]})
             entry[view] = {"mean": cell["mean"], "ci95": cell["ci95"], "n": cell["n"]}

@@ -94,6 +94,25 @@ def test_every_sampler_of_the_official_plugins_config_searches(tiny_data_cfg, sa
         assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4, "the 2 x 2 grid, each point once"
 
 
+def test_a_trial_whose_sampled_settings_are_refused_is_a_failed_run_and_the_search_goes_on(tiny_data_cfg):
+    """The callback checks the config trials start from; a sampled value the schema refuses fails that trial only."""
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    space = "+hydra.sweeper.params={optimizer: 'choice(sgd, adam)', train.epochs: 'choice(1, 0)'}"
+    search(root, "hydra/sweeper/sampler=grid", "~hydra.sweeper.params", space, "hydra.sweeper.study_name=refused")
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get(SWEEP_ROLE_TAG) == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    failed = [r for r in children if r.info.status == "FAILED"]
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert len(children) == 4 and len(failed) == 2 and len(finished) == 2, [r.info.status for r in children]
+    for run in failed:
+        assert run.info.run_name.endswith("-refused") and "train.epochs=0" in run.data.tags["failure_reason"]
+    assert {r.data.params["train.epochs"] for r in finished} == {"1"}
+    assert parent.info.status == "FINISHED", "the search went on past the refused trials"
+
+
 def test_a_search_minimises_validation_loss_with_a_hyperband_pruner(tiny_data_cfg):
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)

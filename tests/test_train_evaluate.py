@@ -244,7 +244,7 @@ def test_a_run_records_when_it_first_reached_the_target_or_that_it_never_did(tin
 
     never = tiny_data_cfg("optimizer=sgd", "optimizer.learning_rate=0.0001", "train.epochs=1", "compare.target=1.0")
     run = client_for(never).get_run(run_experiment(never)["run_id"])
-    assert run.data.tags["target.reached"] == "false"
+    assert run.data.tags["target.reached"] == "false" and run.data.tags["target.value"] == "1"
     assert not [k for k in run.data.metrics if k.startswith("target.")], "never reached: no number"
     assert time_to_target([{"val_accuracy": 0.5, "step": 1}, {"val_accuracy": 0.97, "step": 2}], 0.97)["step"] == 2
     assert time_to_target([{"val_accuracy": 0.5, "step": 1}], 0.97) is None

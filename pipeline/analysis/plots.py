@@ -22,14 +22,10 @@ def pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: Path, dpi: int = 110, tight: bool = True) -> None:
-    """Write `fig` to `path` atomically (PNG without a timestamp, so identical data give identical bytes).
-
-    `tight=False` keeps the figure's own margins: one drawing instead of two, for the
-    figures every sweep run makes.
-    """
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Write `fig` to `path` atomically (PNG without a timestamp, so identical data give identical bytes)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None, metadata={"Software": None})
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     pyplot().close(fig)
 
 

@@ -150,7 +150,11 @@ def scaling(cells: pd.DataFrame) -> dict[str, dict]:
 
 
 def bend_text(found: dict, within: str) -> str:
-    """`critical batch size about 369, fitted B_noise 211, measured B_simple at the target 2578 (7.0 x it)`."""
+    """The bend in words.
+
+    `critical batch size about 369, fitted B_noise 211, measured B_simple at the target 2578
+    (7.0 x the critical batch size)`.
+    """
     critical = found["critical_batch_size"]
     text = f"critical batch size about {critical:.0f}" if critical else f"no bend to 2 x within the {within}"
     if found["fit"]:

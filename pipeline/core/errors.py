@@ -17,7 +17,8 @@ class Terminated(BaseException):  # noqa: N818 - mirrors KeyboardInterrupt, not 
 
 # Stops asked for by a signal. An exception raised from a signal handler lands wherever the
 # interpreter happens to be, and there a destructor or a library can swallow it; the
-# training loop calls `check_stop` between its steps, so a stop is never lost.
+# training loop calls `check_stop` before each stretch of steps it runs as one program and at each
+# epoch's end, so a stop is never lost.
 STOPS: list[BaseException] = []
 
 # Raised inside the MLflow store's SQL (SQLAlchemy, sqlite3), a stop can leave a connection holding
@@ -88,7 +89,7 @@ def raise_interrupt(signum: int, frame: object) -> None:
 
 
 def check_stop() -> None:
-    """Raise the stop a signal asked for, if one did (a safe point: between training steps)."""
+    """Raise the stop a signal asked for, if one did (a safe point: between stretches of training steps)."""
     if STOPS:
         _forget_pending()
         raise STOPS[0]

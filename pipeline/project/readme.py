@@ -279,7 +279,7 @@ def render(text: str, root: Path = PACKAGE_CHECKOUT) -> str:
     def replace(match: re.Match) -> str:
         name = match.group(2)
         if name not in BLOCKS:
-            raise KeyError(f"README block {name!r} has no generator in pipeline/readme.py")
+            raise KeyError(f"README block {name!r} has no generator in pipeline/project/readme.py")
         return f"{match.group(1)}{BLOCKS[name](root)}{match.group(4)}"
 
     return BLOCK.sub(replace, text)

@@ -81,7 +81,7 @@ def stages(paths: Paths) -> list[Stage]:
             # persist: DVC must not delete it before the stage runs (inside `dvc exp run`,
             # DVC has just composed it and the stage keeps it).
             outs=[{"params.yaml": {"cache": False, "persist": True}}],
-            doc="conf/ -> params.yaml (left alone inside `dvc exp run`, where DVC composes it)",
+            doc="conf/ -> params.yaml (inside `dvc exp run`: DVC's composition, checked; conf/'s again if refused)",
         ),
         Stage(
             "download",

@@ -7,8 +7,9 @@ A cell is every setting the sweep varies except the seed: its name is built from
 the cell has one seed and the seed is not swept); a search trial is
 one run named `t<trial>-<cell>`. The job returns the cell's mean final `optimized_metric`
 (validation accuracy or loss), the number a sweeper optimises (never a test metric). Its files go to its own
-Hydra job folder; a failed seed is recorded as FAILED and the sweep goes on (settings
-that cannot run were refused for every job before the sweep started, by the callback).
+Hydra job folder; a failed seed is recorded as FAILED and the sweep goes on. A grid's
+settings were all checked by the callback before the sweep started; a search trial's
+sampled settings are checked here, and a refused trial is a FAILED run saying why.
 
 A seed's run becomes a child of the sweep's parent run: the callback creates the parent
 (`SweepCallback._start_parent`) and hands its id to every job (`hand_to_jobs`, as
@@ -19,6 +20,7 @@ A seed's run becomes a child of the sweep's parent run: the callback creates the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -31,6 +33,7 @@ from pipeline.core import env
 from pipeline.core.app import prepare_config
 from pipeline.core.errors import RunStopped, Terminated
 from pipeline.core.paths import Paths
+from pipeline.core.store import tracked_run
 from pipeline.training.records import run_name
 from pipeline.training.runner import run_experiment
 
@@ -91,12 +94,14 @@ def run_sweep_job(cfg: DictConfig) -> float:
         seed_cfg = copy.deepcopy(cfg)
         with open_dict(seed_cfg):
             seed_cfg.train.seed = int(cfg.train.seed) + offset
+        started = False
         try:
             prepare_config(seed_cfg, hydra_cfg.runtime.choices)
             cell = cell_name(seed_cfg, overrides, swept)
             name = f"t{hydra_cfg.job.num}-{cell}" if trial is not None else cell
             name += f"-s{seed_cfg.train.seed}" if replicated else ""
             outputs = Paths.job_outputs(job_dir, int(seed_cfg.train.seed) if seeds > 1 else None)
+            started = True  # from here on, run_experiment records any failure in the seed's own run
             result = run_experiment(seed_cfg, outputs, parent, name, reporter, tags={CELL_TAG: cell})
             values.append(result[metric])
         except (KeyboardInterrupt, SystemExit, Terminated):
@@ -105,9 +110,17 @@ def run_sweep_job(cfg: DictConfig) -> float:
             log.info("Trial %s: %s", hydra_cfg.job.num, err)
         except Exception as err:  # noqa: BLE001 - recorded as a FAILED run; the sweep goes on
             log.error("Sweep job %s failed (%s: %s); continuing", " ".join(overrides), type(err).__name__, err)
+            if parent and not started:  # refused before its run existed: a search trial's sampled settings
+                record_refused(seed_cfg, parent, f"t{hydra_cfg.job.num}-refused", err)
         finally:
             if str(seed_cfg.train.backend).endswith("tensorflow"):
                 import keras
 
                 keras.backend.clear_session()  # the next TensorFlow job starts from a clean graph
     return sum(values) / len(values) if values else math.nan
+
+
+def record_refused(cfg: DictConfig, parent: str, name: str, err: Exception) -> None:
+    """A FAILED child run of `parent` whose `failure_reason` is `err`: a job refused before its run started."""
+    with contextlib.suppress(type(err)), tracked_run(cfg, run_name=name, parent_run_id=parent):
+        raise err

@@ -72,8 +72,9 @@ class TrainResult:
     train_seconds: float = 0.0
     batch_size: int = 0
     threads: int = 0
-    # Validation during training, `train.evals_per_epoch` times an epoch: step, samples, epoch (fractional),
-    # training seconds so far (evaluation not counted), val_loss, val_accuracy.
+    # Validation during training, `train.evals_per_epoch` times an epoch on JAX (once on TensorFlow): step,
+    # samples, epoch (fractional), training seconds so far (validation not counted on JAX, counted on
+    # TensorFlow), val_loss, val_accuracy.
     evaluations: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -300,7 +301,8 @@ def _fit_jax(cfg, train, val, batch_size, threads, end_epoch, evaluations):
     start = program.evaluate(state[0], state[1], x_val, y_val)[1]  # the untrained network
     n, stream = len(train.x), BatchStream(len(train.x), batch_size, int(cfg.train.seed))
     steps = stream.steps_per_epoch
-    # The epoch's scan cut into `evals_per_epoch` pieces (the same steps in the same order), validated after each.
+    # The epoch's scan cut into at most `evals_per_epoch` pieces (the same steps in the same order), validated
+    # after each.
     piece = -(-steps // max(1, min(int(cfg.train.evals_per_epoch), steps)))
     bounds = [*range(0, steps, piece), steps]
     verbose = keras_verbosity(cfg.train.verbose)

@@ -5,9 +5,10 @@ Shared by the train and evaluate stages, `pipeline.experiment` and every sweep j
 and core pieces; never a sweep, analysis or command module.
 
 Outputs are committed as units: the model and its curves together, the metrics and
-their plots together; the MLflow run is told the model's sha256 only after the model
-file is in place, and evaluation logs into the run that recorded that sha256, so a
-model and the run that describes it can never disagree.
+their plots together; the MLflow run records the sha256 of the staged model file just
+before it replaces the old one (if the record fails, the old files stay), and evaluation
+logs into the run that recorded that sha256, so a model and the run that describes it
+can never disagree.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def log_time_to_target(run_id: str, evaluations: list[dict[str, float]], target:
     """Validation by step (`step_val_accuracy`, `step_val_loss`) and when the run first reached `target`.
 
     Reached: `target.steps`, `target.samples`, `target.epochs`, `target.train_seconds` (training
-    time, validation not counted) and the tag `target.reached=true`; never reached: only the
-    tag `target.reached=false`, never a number.
+    time: validation not counted on JAX, counted on TensorFlow, which validates inside its
+    epoch) and the tag `target.reached=true`; never reached: no `target.*` metric, only the
+    tags `target.reached=false` and `target.value`.
     """
     from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient

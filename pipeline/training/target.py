@@ -89,7 +89,7 @@ def train_to_target(
     """Train `cfg`'s model with `cfg`'s optimizer, batch size and seed until the target, the cap or a prune.
 
     `schedule` is `eval_steps(...)` for the batch size; `prune_after`: stop (PRUNED) at the first
-    validation after this step that has not reached the target.
+    validation at or after this step that has not reached the target.
     """
     batch_size, n = int(cfg.train.batch_size), len(train.x)
     _, program, state, (x, y, x_val, y_val) = jax_start(cfg, train, val, batch_size)
