@@ -24,12 +24,14 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 
 from omegaconf import DictConfig
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.app import STOPPED
+from pipeline.core.errors import PipelineError, Terminated, raise_interrupt, raise_terminated
 from pipeline.core.files import write_json
 from pipeline.core.paths import PACKAGE_CHECKOUT, Paths, project_paths
 
@@ -39,9 +41,21 @@ SEARCH, FINAL = "search", "final"
 
 
 def run(args: list[str]) -> None:
-    """One `python -m pipeline.<module> ...` as a user runs it; stop on failure."""
+    """One `python -m pipeline.<module> ...` as a user runs it; stop on failure.
+
+    The phase runs in its own process group, so a Ctrl-C reaches it once: from this
+    process, which passes it on (as SIGINT; a SIGTERM as SIGTERM) and waits while the
+    phase ends its runs KILLED.
+    """
     log.info("$ python -m %s", " ".join(args))
-    if subprocess.run([sys.executable, "-m", *args], cwd=PACKAGE_CHECKOUT).returncode != 0:
+    phase = subprocess.Popen([sys.executable, "-m", *args], cwd=PACKAGE_CHECKOUT, start_new_session=True)
+    try:
+        code = phase.wait()
+    except (KeyboardInterrupt, Terminated) as stop:
+        phase.send_signal(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
+        phase.wait()
+        raise
+    if code != 0:
         raise PipelineError(f"python -m {' '.join(args)} failed (see its output above)")
 
 
@@ -143,6 +157,8 @@ def sweep_and_compare(paths: Paths, phase: str, preset: str, overrides: list[str
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGINT, raise_interrupt)
     overrides = sys.argv[1:]
     try:
         cfg = base_config(overrides)
@@ -161,6 +177,10 @@ def main() -> None:
     except PipelineError as err:
         log.error("%s", err)
         sys.exit(1)
+    except (KeyboardInterrupt, Terminated) as stop:
+        status, what = STOPPED[type(stop)]
+        print(f"{what}; every MLflow run this command started ended KILLED.", file=sys.stderr)
+        sys.exit(status)
     log.info("Wrote %s", paths.tuned("comparison.json"))
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import run_module
+from conftest import Command, run_module
+from mlflow.tracking import MlflowClient
 
 from pipeline.core.config import build_optimizer, effective_learning_rate
+from pipeline.core.store import tracking_uri
 
 
 @pytest.mark.parametrize(("rule", "factor"), [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
@@ -40,3 +44,31 @@ def test_tune_chooses_a_rate_per_cell_on_validation_then_replicates(tiny_data_cf
     comparison = json.loads((root / "reports/tuned/comparison.json").read_text())
     assert comparison["tuned"]["winner"] in {"sgd-bs32", "adam-bs32"}
     assert all("tuned" in cell and "chosen" in cell for cell in comparison["cells"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_tune_stops_its_phase_in_one_line_and_its_runs_end_killed(tiny_data_cfg, sig):
+    """tune passes the stop to the sweep it runs (once), waits for it, and ends like every command."""
+    cfg = tiny_data_cfg()
+    root = Path(cfg.paths.root)
+    proc = Command("pipeline.tune", f"paths.root={root}", "optimizer=sgd,adam", "train.batch_size=8",
+                   "train.epochs=100000")  # fmt: skip
+    try:
+        proc.wait_for("Epoch 2/", timeout=180)  # the search phase's first job is training
+        proc.send_signal(sig)
+        output = proc.finish(90)
+    finally:
+        left = [
+            p for p in psutil.process_iter(["cmdline"]) if f"paths.root={root}" in " ".join(p.info["cmdline"] or [])
+        ]
+        for process in left:
+            process.kill()
+    assert not left, "the phase ended before tune did"
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output[-3000:]
+    message = {signal.SIGINT: "Interrupted (Ctrl-C)", signal.SIGTERM: "Terminated (SIGTERM)"}[sig]
+    assert f"{message}; every MLflow run this command started ended KILLED." in output
+    assert "Traceback" not in output, output[-3000:]
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    assert runs and {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
