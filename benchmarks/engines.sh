@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The same sweep on every engine: in-process, joblib, submitit_local, a tracking server,
 # submitit_local + the server. Prints each engine's exit status, wall time and test
-# accuracies (they should agree), then `pipeline.compare`'s winner.
+# accuracies (they should agree), then how many engines' `pipeline.compare` chose each winner.
 # Needs real MNIST in data/processed (run `dvc repro` first).
 # Usage: benchmarks/engines.sh [sweep preset, default: optimizers]
 set -euo pipefail
@@ -42,5 +42,5 @@ engine joblib hydra/launcher=joblib hydra.launcher.n_jobs=2
 engine submitit_local hydra/launcher=submitit_local
 engine server tracking=server "tracking.uri=$SERVER_URI" tracking.experiment=in-process
 engine server+submitit hydra/launcher=submitit_local tracking=server "tracking.uri=$SERVER_URI" tracking.experiment=submitit
-grep -h "^Winner" "$WORK"/*.compare.log | sed "s/, [0-9.]* s per epoch\.//" | sort | uniq -c
+grep -ho "Chosen on validation: [a-z0-9-]*" "$WORK"/*.compare.log | sort | uniq -c
 echo "logs and stores: $WORK"

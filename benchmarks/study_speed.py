@@ -15,8 +15,9 @@ seconds are measured; the ratio and both figures go to reports/study_benchmark.j
 (`python -m pipeline.project.readme` renders them).
 
 Vectorised replicas: 4 learning rates (1e-4 to 1e-2) of the seed network with Adam,
-trained on the same batches (as the study's search does), one after another against one
-`jax.vmap` program, at batch sizes 16 and 1024 (the same steps, compilation excluded).
+trained on the same batches (as the study's search does) in one `jax.vmap` program, against
+4 x the time of one run at 1e-3 (one after another, the same steps), at batch sizes 16 and
+1024, compilation excluded.
 """
 
 from __future__ import annotations

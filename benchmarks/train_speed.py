@@ -3,9 +3,12 @@
     python benchmarks/train_speed.py                 # full: real MNIST, 3 interleaved rounds + the sweep
     python benchmarks/train_speed.py --quick --root <project with tiny data>   # what the test runs
 
-Both sides do the same work: train the seed network (rmsprop, batch 128, 5 epochs) on the
-same 54,000 processed training images, validate on the same 6,000 after every epoch, then
-evaluate on the 10,000 test images, in one process. Every variant runs as its own
+Both sides train the seed network (rmsprop, batch 128, 5 epochs) on the same 54,000
+processed training images, validate on the same 6,000, then evaluate on the 10,000 test
+images, in one process. The pipeline runs its defaults and so does more: on JAX it validates
+4 times an epoch (the script and the TensorFlow backend once), scores the untrained network
+once (before its fit clock starts) and estimates the gradient noise scale every epoch (its
+seconds subtracted from the fit, counted in the whole process). Every variant runs as its own
 process, as a user runs it, interleaved (A B C D A B C D ...):
 
   script          the seed's Keras script on TensorFlow (`model.fit` with validation_data,
@@ -17,14 +20,16 @@ process, as a user runs it, interleaved (A B C D A B C D ...):
   pipeline-tf     the same with `train.backend=tensorflow`
 
 For each: the fit seconds (the training loop with its validation passes; compilation
-included), the whole process's wall seconds (start-up, data, training, evaluation,
+included, but for the pipeline's validation program, compiled when it scores the untrained
+network), the whole process's wall seconds (start-up, data, training, evaluation,
 tracking), its peak memory (VmHWM) and the test accuracy. Then the default sweep (12 cells
 x 3 seeds) in one multirun; the floor: the matmuls training does (forward and backward
 without the input gradient, 1.64 MFLOP per training sample, plus the forward pass over the
-validation images every epoch), timed with numpy float32 at the network's shapes in the same
-run; and 3 seeds in one `jax.vmap` program against one after another. It prints the ratios
-and writes every figure to reports/benchmark.json (`python -m pipeline.project.readme`
-renders it into README.md and benchmarks/README.md).
+validation images once an epoch; the timed step computes the hidden-layer gradient
+twice), timed with numpy float32 at the network's shapes in the same run; and 3 seeds in
+one `jax.vmap` program against one after another. It prints the ratios and writes every
+figure to reports/benchmark.json (`python -m pipeline.project.readme` renders it into
+README.md and benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -146,7 +151,8 @@ def pipeline_run(source: Path, work: Path, name: str, overrides: list[str]) -> d
 
 
 def sweep(source: Path, work: Path, overrides: list[str]) -> dict:
-    """The sweep in the project the first pipeline run used: its store exists, as after `dvc repro train`."""
+    """The sweep in the first warm run's project (`warm0`, with round 0's JAX cache): its store exists, as after
+    `dvc repro train`."""
     root = project(work, "warm0", source)
     cmd = [sys.executable, "-m", "pipeline.sweep", f"paths.root={root}", *overrides]
     _, wall, peak = run_measured(cmd, ROOT)

@@ -199,8 +199,8 @@ def performance(root: Path) -> str:
     ratios = [
         f"- fit: **{r['fit']:.2f}x** the script's cold, {r['fit_warm']:.2f}x warm ({goal(r['fit'], g['fit_ratio'])}); "
         f"warm, {r['fit_vs_floor']:.2f}x the {floor['seconds']:.2f} s numpy float32 needs, in the same run, for the "
-        f"matmuls this training does ({floor['train_mflop_per_sample']:.2f} MFLOP a training sample plus the "
-        f"validation passes, {floor['gflops']:.0f} GFLOP/s; XLA's fused program can beat it)",
+        f"matmuls this training does ({floor['train_mflop_per_sample']:.2f} MFLOP a training sample plus one "
+        f"validation pass an epoch, {floor['gflops']:.0f} GFLOP/s; XLA's fused program can beat it)",
         f"- whole process: **{r['process']:.2f}x** cold, {r['process_warm']:.2f}x warm "
         f"({goal(r['process'], g['process_ratio'])}); peak memory {r['peak']:.2f}x the script's",
         f"- accuracy: mean of {v['pipeline-warm']['n']} seeds {r['accuracy_gap']:+.4f} against the script's "
@@ -213,8 +213,9 @@ def performance(root: Path) -> str:
     ]
     return (
         f"Measured on {bench['cpu']}, {bench['rounds']} interleaved rounds, both sides training on the same "
-        f"{bench['samples']['train']:,} images and validating on the same {bench['samples']['val']:,} every epoch "
-        f"(`python benchmarks/train_speed.py`):\n\n" + "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n"
+        f"{bench['samples']['train']:,} images and validating on the same {bench['samples']['val']:,} (the pipeline "
+        "at its default `train.evals_per_epoch`, the script once an epoch: see above) "
+        "(`python benchmarks/train_speed.py`):\n\n" + "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n"
     )
 
 
