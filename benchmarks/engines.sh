@@ -42,5 +42,5 @@ engine joblib hydra/launcher=joblib hydra.launcher.n_jobs=2
 engine submitit_local hydra/launcher=submitit_local
 engine server tracking=server "tracking.uri=$SERVER_URI" tracking.experiment=in-process
 engine server+submitit hydra/launcher=submitit_local tracking=server "tracking.uri=$SERVER_URI" tracking.experiment=submitit
-grep -ho "Chosen on validation: [a-z0-9-]*" "$WORK"/*.compare.log | sort | uniq -c
+grep -ho "Chosen on validation: [^ ]*" "$WORK"/*.compare.log | sort | uniq -c || echo "no compare chose a winner"
 echo "logs and stores: $WORK"

@@ -20,6 +20,7 @@ the README shows. Each phase is an ordinary multirun; `overrides` go to both.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -44,19 +45,33 @@ def run(args: list[str]) -> None:
     """One `python -m pipeline.<module> ...` as a user runs it; stop on failure.
 
     The phase runs in its own process group, so a Ctrl-C reaches it once: from this
-    process, which passes it on (as SIGINT; a SIGTERM as SIGTERM) and waits while the
-    phase ends its runs KILLED.
+    process, which passes it on to the whole group (as SIGINT; a SIGTERM or SIGHUP as
+    SIGTERM) and waits while the phase ends its runs KILLED. A second stop kills the group.
     """
     log.info("$ python -m %s", " ".join(args))
-    phase = subprocess.Popen([sys.executable, "-m", *args], cwd=PACKAGE_CHECKOUT, start_new_session=True)
+    phase = None
     try:
+        phase = subprocess.Popen([sys.executable, "-m", *args], cwd=PACKAGE_CHECKOUT, start_new_session=True)
         code = phase.wait()
     except (KeyboardInterrupt, Terminated) as stop:
-        phase.send_signal(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
-        phase.wait()
+        if phase is not None:
+            stop_group(phase, signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
         raise
     if code != 0:
         raise PipelineError(f"python -m {' '.join(args)} failed (see its output above)")
+
+
+def stop_group(phase: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the phase's process group and wait for the phase; on a second stop, kill the group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(phase.pid, sig)
+    try:
+        phase.wait()
+    except (KeyboardInterrupt, Terminated):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(phase.pid, signal.SIGKILL)
+        phase.wait()
+        raise
 
 
 def single_valued(overrides: list[str]) -> list[str]:
@@ -158,6 +173,7 @@ def sweep_and_compare(paths: Paths, phase: str, preset: str, overrides: list[str
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGHUP, raise_terminated)  # a closed terminal: the phase, in its own group, is told too
     signal.signal(signal.SIGINT, raise_interrupt)
     overrides = sys.argv[1:]
     try:
@@ -179,7 +195,9 @@ def main() -> None:
         sys.exit(1)
     except (KeyboardInterrupt, Terminated) as stop:
         status, what = STOPPED[type(stop)]
-        print(f"{what}; every MLflow run this command started ended KILLED.", file=sys.stderr)
+        print(
+            f"{what}; the MLflow runs under way ended KILLED (earlier phases' runs keep their status).", file=sys.stderr
+        )
         sys.exit(status)
     log.info("Wrote %s", paths.tuned("comparison.json"))
 

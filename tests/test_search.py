@@ -109,6 +109,7 @@ def test_a_trial_whose_sampled_settings_are_refused_is_a_failed_run_and_the_sear
     assert len(children) == 4 and len(failed) == 2 and len(finished) == 2, [r.info.status for r in children]
     for run in failed:
         assert run.info.run_name.endswith("-refused") and "train.epochs=0" in run.data.tags["failure_reason"]
+        assert run.data.tags["sweep.cell"] == run.info.run_name and run.data.params["train.epochs"] == "0"
     assert {r.data.params["train.epochs"] for r in finished} == {"1"}
     assert parent.info.status == "FINISHED", "the search went on past the refused trials"
 

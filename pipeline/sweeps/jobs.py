@@ -20,7 +20,6 @@ A seed's run becomes a child of the sweep's parent run: the callback creates the
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -111,7 +110,7 @@ def run_sweep_job(cfg: DictConfig) -> float:
         except Exception as err:  # noqa: BLE001 - recorded as a FAILED run; the sweep goes on
             log.error("Sweep job %s failed (%s: %s); continuing", " ".join(overrides), type(err).__name__, err)
             if parent and not started:  # refused before its run existed: a search trial's sampled settings
-                record_refused(seed_cfg, parent, f"t{hydra_cfg.job.num}-refused", err)
+                record_refused(seed_cfg, parent, f"t{hydra_cfg.job.num}-refused", err, overrides)
         finally:
             if str(seed_cfg.train.backend).endswith("tensorflow"):
                 import keras
@@ -120,7 +119,17 @@ def run_sweep_job(cfg: DictConfig) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def record_refused(cfg: DictConfig, parent: str, name: str, err: Exception) -> None:
-    """A FAILED child run of `parent` whose `failure_reason` is `err`: a job refused before its run started."""
-    with contextlib.suppress(type(err)), tracked_run(cfg, run_name=name, parent_run_id=parent):
-        raise err
+def record_refused(cfg: DictConfig, parent: str, name: str, err: Exception, overrides: list[str]) -> None:
+    """A FAILED child run of `parent` for a job refused before its run started: named `name` (also its
+    `sweep.cell`), the job's overrides as params, `err` as its `failure_reason`. A store that cannot
+    record it is logged; the sweep goes on either way."""
+    import mlflow
+
+    try:
+        with tracked_run(cfg, run_name=name, parent_run_id=parent):
+            mlflow.set_tag(CELL_TAG, name)
+            mlflow.log_params(dict(override.partition("=")[::2] for override in overrides))
+            raise err
+    except Exception as raised:  # noqa: BLE001 - the refusal itself (recorded), or the store's own failure
+        if raised is not err:
+            log.error("The refused job's run could not be recorded: %s: %s", type(raised).__name__, raised)
