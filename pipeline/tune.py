@@ -31,8 +31,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from pipeline.core.app import STOPPED
-from pipeline.core.errors import PipelineError, Terminated, raise_interrupt, raise_terminated
+from pipeline.core.errors import PipelineError, Terminated, install_stop_handlers, stopped
 from pipeline.core.files import write_json
 from pipeline.core.paths import PACKAGE_CHECKOUT, Paths, project_paths
 
@@ -45,8 +44,8 @@ def run(args: list[str]) -> None:
     """One `python -m pipeline.<module> ...` as a user runs it; stop on failure.
 
     The phase runs in its own process group, so a Ctrl-C reaches it once: from this
-    process, which passes it on to the whole group (as SIGINT; a SIGTERM or SIGHUP as
-    SIGTERM) and waits while the phase ends its runs KILLED. A second stop kills the group.
+    process, which passes the same signal on to the whole group and waits while the phase
+    ends its runs KILLED. A second stop kills the group.
     """
     log.info("$ python -m %s", " ".join(args))
     phase = None
@@ -55,7 +54,7 @@ def run(args: list[str]) -> None:
         code = phase.wait()
     except (KeyboardInterrupt, Terminated) as stop:
         if phase is not None:
-            stop_group(phase, signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
+            stop_group(phase, getattr(stop, "signum", signal.SIGINT))
         raise
     if code != 0:
         raise PipelineError(f"python -m {' '.join(args)} failed (see its output above)")
@@ -172,9 +171,7 @@ def sweep_and_compare(paths: Paths, phase: str, preset: str, overrides: list[str
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, raise_terminated)
-    signal.signal(signal.SIGHUP, raise_terminated)  # a closed terminal: the phase, in its own group, is told too
-    signal.signal(signal.SIGINT, raise_interrupt)
+    install_stop_handlers()  # a closed terminal too: the phase, in its own session, is told by this process
     overrides = sys.argv[1:]
     try:
         cfg = base_config(overrides)
@@ -194,7 +191,7 @@ def main() -> None:
         log.error("%s", err)
         sys.exit(1)
     except (KeyboardInterrupt, Terminated) as stop:
-        status, what = STOPPED[type(stop)]
+        status, what = stopped(stop)
         print(
             f"{what}; the MLflow runs under way ended KILLED (earlier phases' runs keep their status).", file=sys.stderr
         )

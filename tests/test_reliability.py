@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,14 @@ from pipeline.core.store import tracking_uri
 from pipeline.train import train
 from pipeline.training.loop import DivergedError
 from pipeline.training.runner import run_experiment
+
+# How a stopped command ends: Ctrl-C, `kill`, and a closed terminal (a dropped ssh session).
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+STOP_LINE = {
+    signal.SIGINT: "Interrupted (Ctrl-C)",
+    signal.SIGTERM: "Terminated (SIGTERM)",
+    signal.SIGHUP: "Hung up (SIGHUP: the terminal closed)",
+}
 
 
 def all_runs(cfg):
@@ -101,7 +110,7 @@ def test_diverging_job_does_not_stop_the_sweep(tiny_data_cfg):
     assert children["0.01"].info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, sig):
     cfg = tiny_data_cfg()
     root = Path(cfg.paths.root)
@@ -113,8 +122,8 @@ def test_interrupted_training_ends_killed_and_keeps_old_outputs(tiny_data_cfg, s
     seen = proc.wait_for("Epoch 3/", timeout=120)  # training is under way
     proc.send_signal(sig)
     output = proc.finish(60)
-    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output[-3000:]
-    message = {signal.SIGINT: "Interrupted (Ctrl-C)", signal.SIGTERM: "Terminated (SIGTERM)"}[sig]
+    assert proc.returncode == EXIT_STATUS[sig], output[-3000:]
+    message = STOP_LINE[sig]
     assert f"{message}; every MLflow run this command started ended KILLED." in output
     assert "Traceback" not in output, "one line, as for Ctrl-C"
     client, runs = all_runs(cfg)
@@ -151,7 +160,7 @@ def test_a_stop_inside_the_stores_sql_waits_until_the_interpreter_has_left_it():
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg, sig):
     cfg = tiny_data_cfg()
     proc = Command(
@@ -161,8 +170,8 @@ def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg, s
     proc.wait_for("Epoch 2/", timeout=120)
     proc.send_signal(sig)
     output = proc.finish(60)
-    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output[-3000:]
-    message = {signal.SIGINT: "Interrupted (Ctrl-C)", signal.SIGTERM: "Terminated (SIGTERM)"}[sig]
+    assert proc.returncode == EXIT_STATUS[sig], output[-3000:]
+    message = STOP_LINE[sig]
     assert f"{message}; every MLflow run this command started ended KILLED." in output
     assert "Traceback" not in output, "one line, as for training"
     _, runs = all_runs(cfg)
@@ -170,6 +179,26 @@ def test_interrupted_sweep_ends_parent_and_current_child_killed(tiny_data_cfg, s
     parents = [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert children == {"sgd-bs8": "KILLED"}, "the job under way; the next one never started"
     assert parents == ["KILLED"]
+
+
+def test_a_nohup_command_keeps_ignoring_sighup():
+    """Under `nohup` a closed terminal must not stop the command; elsewhere SIGHUP raises the stop."""
+    script = (
+        "import os, signal\n"
+        "from pipeline.core.errors import Terminated, install_stop_handlers, stopped\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts it\n"
+        "install_stop_handlers()\n"
+        "os.kill(os.getpid(), signal.SIGHUP)\n"
+        "print('still running')\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a terminal's command\n"
+        "install_stop_handlers()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "except Terminated as stop:\n"
+        "    print(*stopped(stop))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["still running", "129 Hung up (SIGHUP: the terminal closed)"], result.stderr
 
 
 def test_crash_while_writing_keeps_the_old_file(tmp_path):

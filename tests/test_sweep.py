@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import Command, run_module, run_sweep, sweep_record
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from pipeline.compare import compare_sweep
 from pipeline.core.errors import PipelineError
@@ -60,6 +61,8 @@ def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg)
         assert run.data.tags["sweep.cell"] == run.info.run_name, "the cell's runs share the tag"
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
         assert "test_accuracy" in run.data.metrics
+    (saved,) = root.glob("logs/multirun/**/multirun.yaml")  # the sweep's config, where Hydra's sweeper keeps it
+    assert "optimizer=sgd,adam" in OmegaConf.load(saved).hydra.overrides.task
     record = sweep_record(root)
     assert record["parent_run_id"] == parent.info.run_id
     assert set(record["runs"]) == {r.info.run_id for r in children}, "keyed by run id"

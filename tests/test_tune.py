@@ -49,7 +49,7 @@ def test_tune_chooses_a_rate_per_cell_on_validation_then_replicates(tiny_data_cf
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_tune_stops_its_phase_in_one_line_and_its_runs_end_killed(tiny_data_cfg, sig):
     """tune passes the stop to the sweep it runs (once), waits for it, and ends like every command."""
     cfg = tiny_data_cfg()
@@ -60,7 +60,7 @@ def test_a_stopped_tune_stops_its_phase_in_one_line_and_its_runs_end_killed(tiny
         proc.wait_for("Epoch 2/", timeout=180)  # the search phase's first job is training
         if sig == signal.SIGINT:  # as a terminal sends Ctrl-C: to the whole foreground process group
             os.killpg(proc.pid, sig)
-        else:  # as `kill` does: to tune alone
+        else:  # as `kill` does, or a closing terminal to its session's leader: to tune alone
             proc.send_signal(sig)
         output = proc.finish(90)
     finally:
@@ -71,8 +71,12 @@ def test_a_stopped_tune_stops_its_phase_in_one_line_and_its_runs_end_killed(tiny
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
     assert not left, "the phase outlived tune"
-    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output[-3000:]
-    message = {signal.SIGINT: "Interrupted (Ctrl-C)", signal.SIGTERM: "Terminated (SIGTERM)"}[sig]
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}[sig], output[-3000:]
+    message = {
+        signal.SIGINT: "Interrupted (Ctrl-C)",
+        signal.SIGTERM: "Terminated (SIGTERM)",
+        signal.SIGHUP: "Hung up (SIGHUP: the terminal closed)",
+    }[sig]
     assert f"{message}; the MLflow runs under way ended KILLED" in output
     assert "Traceback" not in output, output[-3000:]
     client = MlflowClient(tracking_uri=tracking_uri(cfg))

@@ -8,7 +8,8 @@
   checked against the schema (`pipeline.core.config`), and picks the Keras backend;
 - a `PipelineError` (bad input) ends in one logged line and exit status 1, any other
   error in one line too unless `HYDRA_FULL_ERROR=1` asks for the traceback; Ctrl-C
-  (status 130) and SIGTERM (143) end with one line, every run closed KILLED. In a
+  (status 130), SIGTERM (143) and SIGHUP, the terminal closed (129; ignored under `nohup`),
+  end with one line, every run closed KILLED. In a
   multirun a failed job is recorded by the job itself and the sweep goes on.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,17 +26,13 @@ from omegaconf import DictConfig, open_dict
 
 from pipeline.core.config import Config, PredictConfig, backend_name, check_config, check_override_key
 from pipeline.core.env import DVC_OVERRIDES, DVC_STAGE
-from pipeline.core.errors import PipelineError, Terminated, raise_interrupt, raise_terminated
+from pipeline.core.errors import PipelineError, Terminated, install_stop_handlers, stopped
 from pipeline.core.paths import CONFIG_DIR, find_project_root
 
 log = logging.getLogger(__name__)
 
 # Config groups whose chosen file name becomes the `name` of the node (`optimizer.name`).
 NAMED_GROUPS = ("optimizer", "model")
-STOPPED = {
-    KeyboardInterrupt: (130, "Interrupted (Ctrl-C)"),
-    Terminated: (143, "Terminated (SIGTERM)"),
-}
 
 
 def prepare_config(cfg: DictConfig, choices: Mapping[str, Any]) -> DictConfig:
@@ -159,8 +155,7 @@ def stage_main(
     @functools.wraps(run)
     def main() -> Any:
         status: int | str | None = 0
-        signal.signal(signal.SIGTERM, raise_terminated)
-        signal.signal(signal.SIGINT, raise_interrupt)
+        install_stop_handlers()
         try:
             if multirun and not _multirun():
                 sys.argv.insert(1, "-m")
@@ -172,7 +167,7 @@ def stage_main(
             log.error("%s", err)
             status = 1
         except (KeyboardInterrupt, Terminated) as stop:
-            status, what = STOPPED[type(stop)]
+            status, what = stopped(stop)
             print(f"{what}; every MLflow run this command started ended KILLED.", file=sys.stderr)
         except SystemExit as stop:
             status = stop.code

@@ -12,7 +12,33 @@ class RunStopped(Exception):  # noqa: N818 - a decision, not an error
 
 
 class Terminated(BaseException):  # noqa: N818 - mirrors KeyboardInterrupt, not an error
-    """Raised in the main thread when the process receives SIGTERM."""
+    """Raised in the main thread when the process receives SIGTERM, or SIGHUP (`signum` says which)."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(f"received signal {signum}")
+        self.signum = signum
+
+
+def install_stop_handlers() -> None:
+    """Make Ctrl-C, SIGTERM and SIGHUP (the terminal closed) raise a stop in the main thread.
+
+    A SIGHUP that is ignored (the command was started under `nohup`) stays ignored.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_terminated)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, raise_terminated)
+
+
+def stopped(stop: BaseException) -> tuple[int, str]:
+    """The exit status a command ends with when `stop` ended it, and the words for its last line."""
+    if isinstance(stop, KeyboardInterrupt):
+        return 130, "Interrupted (Ctrl-C)"
+    if getattr(stop, "signum", 15) == 1:
+        return 129, "Hung up (SIGHUP: the terminal closed)"
+    return 143, "Terminated (SIGTERM)"
 
 
 # Stops asked for by a signal. An exception raised from a signal handler lands wherever the
@@ -79,8 +105,8 @@ def _retry(signum: int, frame: object) -> None:
 
 
 def raise_terminated(signum: int, frame: object) -> None:
-    """Signal handler: SIGTERM raises `Terminated`, so `finally` blocks and exit handlers run."""
-    _raise_when_safe(Terminated(f"received signal {signum}"), frame)
+    """Signal handler: SIGTERM or SIGHUP raises `Terminated`, so `finally` blocks and exit handlers run."""
+    _raise_when_safe(Terminated(signum), frame)
 
 
 def raise_interrupt(signum: int, frame: object) -> None:

@@ -5,6 +5,10 @@ directory above the working directory that holds `dvc.yaml` (so a command works 
 any subfolder and inside any copy of the project), else this package's own checkout.
 The MLflow store is the exception: in a DVC experiment run in a temporary copy
 (`dvc exp run --queue`), it stays in the real project (`DVC_ROOT`), so no run is lost.
+
+Hydra's own folders under `logs/` are set in `conf/config.yaml` through the `project_path`
+resolver this module registers; a sweep job's folder is one of them, Hydra's to create,
+and `Paths.job_outputs` names the files in it; `multirun_file` names the sweep's config record.
 """
 
 from __future__ import annotations
@@ -134,6 +138,11 @@ class Paths:
         """What one run of a sweep job writes: its Hydra job folder, one subfolder per seed when replicated."""
         folder = job_dir if seed is None else job_dir / f"seed-{seed}"
         return RunOutputs.in_folders(folder, folder)
+
+    @staticmethod
+    def multirun_file(sweep_dir: Path) -> Path:
+        """The composed config of a whole sweep, in its Hydra sweep folder (as Hydra's own sweeper names it)."""
+        return sweep_dir / "multirun.yaml"
 
     def sweep_report(self, name: str) -> Path:
         """One of compare's outputs (`SWEEP_REPORTS`) under `<reports_dir>/sweep/`."""

@@ -332,7 +332,10 @@ def child_runs(client: Any, parent: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` so runs and files are closed properly."""
+    """Within the block, SIGTERM raises `Terminated` so runs and files are closed properly.
+
+    A command's own handlers (`errors.install_stop_handlers`, SIGHUP too) are set already;
+    this covers a run started from a library call."""
     try:
         previous = signal.signal(signal.SIGTERM, raise_terminated)
     except ValueError:  # not the main thread: leave signals alone
@@ -404,7 +407,7 @@ def parent_run(cfg: DictConfig, run_name: str, tags: Mapping[str, str]) -> Itera
 def final_status(run_id: str, end: Callable[[str, str], None]) -> Iterator[None]:
     """Run the block with SIGTERM raising, then `end(run_id, status)` with the status that tells the truth.
 
-    FINISHED when the block completes; KILLED on Ctrl-C, SIGTERM or `RunStopped`; FAILED on any
+    FINISHED when the block completes; KILLED on Ctrl-C, SIGTERM, SIGHUP or `RunStopped`; FAILED on any
     other exception. The reason goes to the `failure_reason` tag; the exception is re-raised.
     """
     status = "FINISHED"

@@ -1,5 +1,6 @@
-"""The workload's data: dataset mirrors (`sources`, the download alone), the raw file both
-first stages check (`raw`), and the processed splits read back verified (`splits`).
+"""The workload's data: dataset mirrors, the raw file, the processed splits read back verified.
+
+`sources` serves the download alone; `raw` is the file both first stages check; `splits` the rest.
 
 Imports `pipeline.core` only.
 """

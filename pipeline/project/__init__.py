@@ -1,3 +1,5 @@
-"""The repository's generated files: `dvc.yaml` from the stage table and the code's imports, the
-README's result blocks from `reports/`. Development commands; no stage imports them.
+"""The repository's generated files: `dvc.yaml` and the README's result blocks.
+
+`dvc.yaml` comes from the stage table and the code's imports, the README's blocks from `reports/`.
+Development commands; no stage imports them.
 """

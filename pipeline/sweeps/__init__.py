@@ -1,5 +1,6 @@
-"""Sweeps: the grid, the callback that groups a multirun under a parent run, one job, Optuna searches,
-the batch-size scaling study.
+"""Sweeps: the grid, the parent-run callback, one job, Optuna searches, the scaling study.
+
+The callback groups a multirun's jobs under one parent run; the study runs steps-to-target per batch size.
 
 Imports the runner and below (`pipeline.training`, `pipeline.model`, `pipeline.core`); never
 analysis or a command.

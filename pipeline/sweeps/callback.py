@@ -176,7 +176,7 @@ class SweepCallback(Callback):
         if config.tracking.enabled:
             self.parent_run_id = self._start_parent(config, overrides, n_jobs)
             handed[env.PARENT_RUN] = self.parent_run_id
-            # Ctrl-C or SIGTERM between or inside jobs: the parent still gets a final status.
+            # Ctrl-C, SIGTERM or SIGHUP between or inside jobs: the parent still gets a final status.
             atexit.register(self._end_parent_if_open, "KILLED")
             self.record = {
                 "parent_run_id": self.parent_run_id,

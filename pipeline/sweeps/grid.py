@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.paths import resolve_path
+from pipeline.core.paths import Paths, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def sweep_listed_jobs(sweeper: Any, jobs: list[list[str]]) -> Any:
     """Launch exactly `jobs` through the sweeper's launcher (what the basic sweeper does for a product)."""
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(sweeper.config, sweep_dir / "multirun.yaml")
+    OmegaConf.save(sweeper.config, Paths.multirun_file(sweep_dir))
     sweeper.validate_batch_is_legal(jobs)
     results = sweeper.launcher.launch(jobs, initial_job_idx=0)
     for result in results:

@@ -13,9 +13,9 @@ sampled settings are checked here, and a refused trial is a FAILED run saying wh
 
 A seed's run becomes a child of the sweep's parent run: the callback creates the parent
 (`SweepCallback._start_parent`) and hands its id to every job (`hand_to_jobs`, as
-`env.PARENT_RUN` through `hydra.job.env_set`), and `training.runner.run_experiment` passes it to
-`core.store.tracked_run`, whose `mlflow.start_run(parent_run_id=...)` tags the run
-`mlflow.parentRunId`.
+`env.PARENT_RUN` through `hydra.job.env_set`); `run_sweep_job` reads it and calls
+`run_experiment(parent_run_id=...)`, which starts the seed's run with `core.store.tracked_run`:
+`mlflow.start_run(parent_run_id=...)` tags the run `mlflow.parentRunId`.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ def run_sweep_job(cfg: DictConfig) -> float:
             name += f"-s{seed_cfg.train.seed}" if replicated else ""
             outputs = Paths.job_outputs(job_dir, int(seed_cfg.train.seed) if seeds > 1 else None)
             started = True  # from here on, run_experiment records any failure in the seed's own run
-            result = run_experiment(seed_cfg, outputs, parent, name, reporter, tags={CELL_TAG: cell})
+            result = run_experiment(
+                seed_cfg, outputs, parent_run_id=parent, name=name, on_epoch=reporter, tags={CELL_TAG: cell}
+            )
             values.append(result[metric])
         except (KeyboardInterrupt, SystemExit, Terminated):
             raise
