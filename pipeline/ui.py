@@ -2,8 +2,8 @@
 
 Starts `mlflow ui` on the store the pipeline writes to (SQLite under `<mlruns_dir>/`, or
 the one `MLFLOW_TRACKING_URI` / `tracking.uri` names; no URI to type), waits until it
-answers and prints the address of the experiment's runs table; Ctrl-C stops it and every
-worker it started. A tracking server has a UI of its own: its address is printed instead.
+answers and prints the address of the experiment's runs table; Ctrl-C, SIGTERM or a closed
+terminal stops it and every worker it started. A tracking server has a UI of its own: its address is printed instead.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 from conftest import http_get, mlflow_service
@@ -27,10 +28,11 @@ def test_ui_lists_the_experiment_and_serves_a_runs_artifacts(tiny_data_cfg):
         assert status == 200 and png[:4] == b"\x89PNG"
 
 
-def test_pipeline_ui_serves_the_projects_store_without_a_uri_typed(tiny_data_cfg):
-    """`python -m pipeline.ui`: the store's UI on a port of our choosing, its runs page printed, Ctrl-C stops it."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP])
+def test_pipeline_ui_serves_the_projects_store_without_a_uri_typed(tiny_data_cfg, stop):
+    """`python -m pipeline.ui`: the store's UI on a port of our choosing, its runs page printed; Ctrl-C stops it,
+    and so does a closed terminal (the server, in a session of its own, would outlive it and hold the port)."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -64,7 +66,8 @@ def test_pipeline_ui_serves_the_projects_store_without_a_uri_typed(tiny_data_cfg
         )
         assert address.endswith(f"#/experiments/{experiment['experiment']['experiment_id']}/runs")
     finally:
-        ui.send_signal(signal.SIGINT)
+        ui.send_signal(stop)
         ui.wait(timeout=60)
+    assert ui.returncode == {signal.SIGINT: 0, signal.SIGHUP: 129}[stop]
     with pytest.raises(OSError):
         http_get(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -176,10 +176,6 @@ class Paths:
         return self.reports_dir / "first_command.json"
 
     @property
-    def screenshots(self) -> Path:
-        return self.reports_dir / "ui"
-
-    @property
     def sweep_records(self) -> Path:
         """The folder of every sweep's own record, `<parent run id>.json`: a sweep never touches another's."""
         return self.mlruns_dir / "sweeps"

@@ -25,7 +25,6 @@ from pipeline.core.paths import project_paths
 # Batch size of the TensorFlow backend's validation passes (JAX validation and test scoring take the whole
 # split at once): no gradient step, so only speed depends on it.
 INFERENCE_BATCH_SIZE = 1000
-SPLIT_NAMES = ("train", "val", "test")
 REBUILD = "rerun preprocess (dvc repro preprocess, or python -m pipeline.download && python -m pipeline.preprocess)"
 
 
