@@ -12,7 +12,9 @@ It writes `<reports_dir>/sweep/` as one unit (all files new, or all as they were
   cell's comparison with it (`pipeline.analysis.stats`), each cell's time to the
   `compare.target` validation accuracy, the fastest cell in seconds and the cells its
   seeds cannot tell from it, the cell with the fewest steps, how the steps scale with
-  the batch size (`pipeline.analysis.scaling`), the `answer`, the machine;
+  the batch size (`pipeline.analysis.scaling`), the `answer`, the machine, and the
+  `settings` its finished runs share (data, network, training: what makes another sweep
+  comparable with it);
 - `curves.csv`, `cell_curves.csv` (for `dvc plots`), `curves.png`, `heatmap.png`;
 - `report.html`: all of it as one self-contained page (`pipeline.analysis.report`).
 
@@ -96,7 +98,7 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
     setup_tracking(cfg)
     client = MlflowClient()
     parent = finished_parent(client, parent_run_id, tracking_uri(cfg))
-    table, curves = summary.collect_runs(client, parent)
+    table, curves, settings = summary.collect_runs(client, parent)
     alpha = float(cfg.compare.alpha)
     cells = aggregate(table)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,6 +125,7 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
             f"against the winner, Holm-corrected, alpha {alpha:g}; interval: Student t 95 %"
         ),
         "machine": {k: tags.get(k, "unknown") for k in ("cpu.model", "cpu.vector_extensions", "cpu.count")},
+        "settings": settings,  # what its finished runs share: another sweep is comparable only with the same
         "cells": [c.as_dict() for c in cells],
         "winner": cells[0].as_dict() if cells else None,
         "comparisons": comparisons,

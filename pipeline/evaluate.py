@@ -2,7 +2,9 @@
 
 Writes `<reports_dir>/metrics.json`, `confusion_matrix.png` and `misclassified.png` as
 one unit, and logs them into the MLflow run that trained this very model file (found
-by its sha256), which then ends FINISHED. A model no finished run recorded is refused.
+by its sha256; never a sweep's child), which then ends FINISHED. A model no finished run
+recorded is refused. If the evaluation fails, that run still ends FINISHED (its training
+did), with the reason in `evaluation.failure_reason`, and evaluate can simply run again.
 """
 
 from __future__ import annotations

@@ -128,11 +128,31 @@ def phase_paths(paths: Paths, phase: str) -> Paths:
     return dataclasses.replace(paths, reports_dir=paths.tuned(phase))
 
 
+def settings_differ(default: dict | None, tuned: dict) -> str | None:
+    """Why the default sweep's cells cannot be set beside the tuned ones (None: the same settings)."""
+    if default is None:
+        return "its summary records no settings: rerun python -m pipeline.compare on it"
+    keys = sorted(k for k in default.keys() | tuned.keys() if default.get(k) != tuned.get(k))
+    if not keys:
+        return None
+    shown = ", ".join(f"{k}={default.get(k, '-')} there, {tuned.get(k, '-')} here" for k in keys[:5])
+    return f"it ran with other settings ({shown}{', ...' if len(keys) > 5 else ''})"
+
+
 def compare_views(paths: Paths) -> dict:
-    """Default vs tuned, per cell: mean test accuracy, interval, the chosen learning rate."""
-    default_file = paths.sweep_report("summary.json")  # the default sweep (dvc repro), if it ran
+    """Default vs tuned, per cell: mean test accuracy, interval, the chosen learning rate.
+
+    The default sweep is `<reports_dir>/sweep/summary.json` (dvc repro's, if it ran), set beside the
+    tuned one only when its runs shared the same settings (data, network, training); else it is
+    left out, and `default_left_out` says why.
+    """
+    default_file = paths.sweep_report("summary.json")
     default = json.loads(default_file.read_text()) if default_file.is_file() else None
     tuned = json.loads(phase_paths(paths, FINAL).sweep_report("summary.json").read_text())
+    left_out = None if default is None else settings_differ(default.get("settings"), tuned["settings"])
+    if left_out:
+        log.warning("The default sweep (%s) is left out of the comparison: %s", default_file, left_out)
+        default = None
     choice = json.loads(paths.tuned("choice.json").read_text())
     cells = {}
     for view, summary in (("default", default), ("tuned", tuned)):
@@ -151,7 +171,7 @@ def compare_views(paths: Paths) -> dict:
             return None
         return {"winner": summary["winner"]["cell"], "tied_with": [t["cell"] for t in summary["tied_with"]]}
 
-    return {"default": verdict(default), "tuned": verdict(tuned), "cells": cells}
+    return {"default": verdict(default), "default_left_out": left_out, "tuned": verdict(tuned), "cells": cells}
 
 
 def sweep_and_compare(paths: Paths, phase: str, preset: str, overrides: list[str], register: bool) -> str:

@@ -14,6 +14,7 @@ import pytest
 from conftest import Command, run_module
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path, write_npz
 from pipeline.core.paths import project_paths
 from pipeline.core.store import tracking_uri
@@ -199,6 +200,24 @@ def test_a_nohup_command_keeps_ignoring_sighup():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines() == ["still running", "129 Hung up (SIGHUP: the terminal closed)"], result.stderr
+
+
+def test_processed_data_of_another_dataset_is_refused_before_any_run_or_file(tiny_data_cfg, compose_cfg):
+    """data/processed serves whichever dataset preprocess last made: a run of another dataset is refused."""
+    tiny_data_cfg("dataset=fashion_mnist")  # downloaded and preprocessed as Fashion-MNIST
+    cfg = compose_cfg("train.epochs=1")  # the same project, the default dataset (mnist)
+    for command in (train, run_experiment):
+        with pytest.raises(PipelineError, match=r"dataset=mnist \(mnist.npz\), but the processed data was made from "
+                           r"fashion_mnist.npz. Make the data for it first"):  # fmt: skip
+            command(cfg)
+    assert not project_paths(cfg).stage_outputs.model.exists()
+    _, runs = all_runs(cfg)
+    assert runs == []
+    result = run_module("pipeline.sweep", f"paths.root={cfg.paths.root}", "sweep=none", "optimizer=sgd,adam")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "optimizer=sgd]: This run asks for dataset=mnist" in output, output
+    _, runs = all_runs(cfg)
+    assert runs == [], "refused before the parent run"
 
 
 def test_crash_while_writing_keeps_the_old_file(tmp_path):

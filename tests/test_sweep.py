@@ -72,6 +72,9 @@ def test_two_by_two_sweep_one_parent_four_children_and_comparison(tiny_data_cfg)
     result = compare_sweep(cfg)
     table, cells = result["table"], result["cells_table"]
     assert len(table) == 4 and result["finished"] == 4 and result["failed"] == 0
+    settings = json.loads((root / "reports/sweep/summary.json").read_text())["settings"]
+    assert settings["train.epochs"] == "1" and settings["dataset.name"] == "mnist", "what its runs share"
+    assert not {"train.batch_size", "optimizer.name", "train.seed"} & set(settings), "what the sweep compares"
     by_id = {r.info.run_id: r for r in children}
     for row in table.itertuples():
         assert row.test_accuracy == pytest.approx(by_id[row.run_id].data.metrics["test_accuracy"])
@@ -189,11 +192,13 @@ def test_joblib_launcher_two_workers_fresh_store_loses_nothing(tiny_data_cfg):
         ("optimizer=sgd,adagrad", "Could not find 'optimizer/adagrad'"),
         ("optimizer.learning_rate=0.01,inf", "optimizer.learning_rate=inf is not allowed"),
         ("model.activation=relu,nonsense", "model=mlp (pipeline.model.networks.mlp) cannot be built"),
+        # each job would run seeds 0-1 and 1-2: seed 1 twice in one cell
+        ("train.seed=0,1 sweep.seeds=2", "train.seed is swept and sweep.seeds=2: every job runs seeds train.seed"),
     ],
 )
 def test_bad_sweep_value_fails_before_any_job(tiny_data_cfg, override, message):
     cfg = tiny_data_cfg()
-    result = run_sweep(Path(cfg.paths.root), override, expect_ok=False)
+    result = run_sweep(Path(cfg.paths.root), *override.split(), expect_ok=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert "Launching" not in result.stdout + result.stderr

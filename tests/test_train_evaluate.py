@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import sha256_file, write_npz
-from pipeline.core.paths import project_paths
-from pipeline.core.store import tracking_uri, use_store
+from pipeline.core.paths import Paths, project_paths
+from pipeline.core.store import parent_run, tracking_uri, use_store
 from pipeline.data.splits import load_split
 from pipeline.download import download_dataset
 from pipeline.evaluate import evaluate
@@ -166,6 +166,38 @@ def test_missing_processed_data_says_which_stage(compose_cfg):
 def test_evaluate_without_model(tiny_data_cfg):
     with pytest.raises(PipelineError, match="No trained model .* run the train stage first"):
         evaluate(tiny_data_cfg())
+
+
+def test_evaluate_continues_the_train_stages_run_never_a_sweep_child_with_the_same_model(tiny_data_cfg, tmp_path):
+    """The same settings train the same bytes, so a sweep's child can carry the stage model's sha256."""
+    cfg = tiny_data_cfg()
+    train(cfg)
+    stage_run = trained_run_id(cfg)
+    with parent_run(cfg, "a sweep", {}) as parent:
+        child = run_experiment(cfg, Paths.job_outputs(tmp_path / "job"), parent_run_id=parent, name="child")
+    assert sha256_file(tmp_path / "job/model.keras") == sha256_file(project_paths(cfg).stage_outputs.model)
+    evaluate(cfg)
+    client = client_for(cfg)
+    assert "test_accuracy" in client.get_run(stage_run).data.metrics
+    assert client.get_run(child["run_id"]).info.status == "FINISHED"
+
+
+def test_a_failed_evaluation_leaves_the_training_run_finished_and_evaluate_can_run_again(tiny_data_cfg):
+    cfg = tiny_data_cfg()
+    train(cfg)
+    run_id = trained_run_id(cfg)
+    metrics_file = project_paths(cfg).stage_outputs.metrics
+    metrics_file.mkdir(parents=True)  # a directory where the metrics file goes: replacing it fails
+    with pytest.raises(OSError):
+        evaluate(cfg)
+    run = client_for(cfg).get_run(run_id)
+    assert run.info.status == "FINISHED", "its training finished; the evaluation failed"
+    assert "evaluation.failure_reason" in run.data.tags
+    metrics_file.rmdir()
+    evaluate(cfg)  # the cause fixed, the same model is evaluated into the same run
+    run = client_for(cfg).get_run(run_id)
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert "evaluation.failure_reason" not in run.data.tags, "the failure no longer holds"
 
 
 def test_unwritable_store_fails_before_training(tiny_data_cfg, tmp_path):

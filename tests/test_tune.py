@@ -12,9 +12,14 @@ import psutil
 import pytest
 from conftest import Command, run_module
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from pipeline.core.config import build_optimizer, effective_learning_rate
+from pipeline.core.files import write_json
+from pipeline.core.paths import project_paths
 from pipeline.core.store import tracking_uri
+from pipeline.project.readme import tuned_comparison
+from pipeline.tune import FINAL, compare_views, phase_paths
 
 
 @pytest.mark.parametrize(("rule", "factor"), [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
@@ -23,6 +28,32 @@ def test_learning_rate_scales_with_the_batch_size(compose_cfg, rule, factor):
     assert effective_learning_rate(cfg, 512) == pytest.approx(0.01 * 0.5 * factor)
     assert float(build_optimizer(cfg, 512).learning_rate) == pytest.approx(0.01 * 0.5 * factor)
     assert effective_learning_rate(cfg, None) == pytest.approx(0.005), "before the data: the base batch size"
+
+
+def test_the_default_sweep_is_set_beside_the_tuned_one_only_with_the_same_settings(compose_cfg):
+    """`pipeline.tune train.epochs=1` must not call a 5-epoch default sweep its baseline."""
+    cfg = compose_cfg()
+    paths = project_paths(cfg)
+    paths.root.mkdir(parents=True)
+    OmegaConf.save(cfg, paths.root / "params.yaml")  # the README's blocks read the project's paths from it
+
+    def summary(mean: float, epochs: str) -> dict:
+        cell = {"cell": "sgd-bs32", "optimizer": "sgd", "batch_size": "32", "mean": mean, "ci95": [0.8, 1.0], "n": 3}
+        settings = {"train.epochs": epochs, "dataset.name": "mnist"}
+        return {"cells": [cell], "winner": cell, "tied_with": [], "settings": settings}
+
+    write_json(paths.tuned("choice.json"), {"sgd-bs32": {"lr_factor": 3.0, "learning_rate": 0.03}})
+    write_json(phase_paths(paths, FINAL).sweep_report("summary.json"), summary(0.95, "1"))
+    write_json(paths.sweep_report("summary.json"), summary(0.97, "5"))
+    views = compare_views(paths)
+    assert views["default"] is None and "default" not in views["cells"]["sgd-bs32"]
+    assert "train.epochs=5 there, 1 here" in views["default_left_out"]
+    write_json(paths.tuned("comparison.json"), views)  # as tune writes it
+    assert "Default rates: left out (it ran with other settings (train.epochs=5 there" in tuned_comparison(paths.root)
+    write_json(paths.sweep_report("summary.json"), summary(0.93, "1"))
+    views = compare_views(paths)
+    assert views["default_left_out"] is None and views["default"]["winner"] == "sgd-bs32"
+    assert views["cells"]["sgd-bs32"]["default"]["mean"] == 0.93
 
 
 @pytest.mark.slow

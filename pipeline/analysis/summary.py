@@ -38,8 +38,24 @@ TARGET_KEYS = ("steps", "samples", "epochs", "train_seconds")
 CORRECT_ARTIFACT = "evaluation/test_correct.npz"  # which test images a run got right (packed bits)
 
 
-def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The sweep's child runs as a table (one row per run), and their per-epoch curves (long format)."""
+# What a sweep's cells must share to be compared with another sweep's (`shared_settings`): every
+# setting of the data, the network and training, except what a sweep of optimizers and batch sizes varies.
+SETTING_PREFIXES = ("dataset.", "split.", "model.", "train.")
+COMPARED_SETTINGS = ("train.seed", "train.batch_size", "train.lr_factor")
+
+
+def shared_settings(runs: list[Any]) -> dict[str, str]:
+    """The settings (`SETTING_PREFIXES`, but `COMPARED_SETTINGS`) every finished run has alike."""
+    finished = [run.data.params for run in runs if run.info.status == "FINISHED"]
+    if not finished:
+        return {}
+    keys = {k for k in finished[0] if k.startswith(SETTING_PREFIXES) and k not in COMPARED_SETTINGS}
+    return {k: finished[0][k] for k in sorted(keys) if all(p.get(k) == finished[0][k] for p in finished)}
+
+
+def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """The sweep's child runs as a table (one row per run), their per-epoch curves (long format),
+    and the settings its finished runs share."""
     from pipeline.core.store import child_runs
 
     runs = child_runs(client, parent)
@@ -85,7 +101,8 @@ def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = pd.DataFrame(rows)
     table = table.sort_values(["test_accuracy", "run_name"], ascending=[False, True], na_position="last")
     columns = ["run_id", "run_name", "cell", "optimizer", "batch_size", "seed", "epoch", "val_loss", "val_accuracy"]
-    return table.reset_index(drop=True), pd.DataFrame(curves, columns=[*columns, "epoch_seconds"])
+    curves_frame = pd.DataFrame(curves, columns=[*columns, "epoch_seconds"])
+    return table.reset_index(drop=True), curves_frame, shared_settings(runs)
 
 
 def noise_at(client: Any, run_id: str, epochs: float) -> float:

@@ -347,6 +347,10 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# Why the evaluation of a finished run failed (the run itself stays FINISHED: its training did).
+EVALUATION_FAILURE = "evaluation.failure_reason"
+
+
 @contextlib.contextmanager
 def tracked_run(
     cfg: DictConfig,
@@ -357,6 +361,9 @@ def tracked_run(
 ) -> Iterator[Any]:
     """Start (or resume, with `run_id`) the active MLflow run; it ends with `final_status`'s status.
 
+    A resumed run (evaluate continues the run that trained the model) had finished: a failure
+    inside the block is the evaluation's, so it goes to the `EVALUATION_FAILURE` tag (cleared by
+    a later success) and the run ends FINISHED again, where the next evaluate finds it.
     Yields None when tracking is disabled.
     """
     if not cfg.tracking.enabled:
@@ -373,8 +380,16 @@ def tracked_run(
     run = mlflow.start_run(
         run_id=run_id, run_name=run_name, parent_run_id=parent_run_id, tags=process_tags(), log_system_metrics=system
     )
-    with final_status(run.info.run_id, end_run):
+    if run_id is None:
+        with final_status(run.info.run_id, end_run):
+            yield run
+        return
+    with final_status(run_id, lambda resumed, _status: end_run(resumed, "FINISHED"), tag=EVALUATION_FAILURE):
         yield run
+    from mlflow.tracking import MlflowClient
+
+    with contextlib.suppress(Exception):  # no such tag: nothing to clear
+        MlflowClient().delete_tag(run_id, EVALUATION_FAILURE)
 
 
 @contextlib.contextmanager
@@ -404,11 +419,11 @@ def parent_run(cfg: DictConfig, run_name: str, tags: Mapping[str, str]) -> Itera
 
 
 @contextlib.contextmanager
-def final_status(run_id: str, end: Callable[[str, str], None]) -> Iterator[None]:
+def final_status(run_id: str, end: Callable[[str, str], None], tag: str = "failure_reason") -> Iterator[None]:
     """Run the block with SIGTERM raising, then `end(run_id, status)` with the status that tells the truth.
 
     FINISHED when the block completes; KILLED on Ctrl-C, SIGTERM, SIGHUP or `RunStopped`; FAILED on any
-    other exception. The reason goes to the `failure_reason` tag; the exception is re-raised.
+    other exception. The reason goes to the tag `tag`; the exception is re-raised.
     """
     status = "FINISHED"
     try:
@@ -416,11 +431,11 @@ def final_status(run_id: str, end: Callable[[str, str], None]) -> Iterator[None]
             yield
     except (KeyboardInterrupt, Terminated) as err:
         status = "KILLED"
-        tag_failure(run_id, f"interrupted: {type(err).__name__} {err}".strip())
+        tag_failure(run_id, f"interrupted: {type(err).__name__} {err}".strip(), tag)
         raise
     except BaseException as err:
         status = "KILLED" if isinstance(err, RunStopped) else "FAILED"
-        tag_failure(run_id, str(err) or type(err).__name__)
+        tag_failure(run_id, str(err) or type(err).__name__, tag)
         raise
     finally:
         end(run_id, status)
@@ -444,8 +459,8 @@ def end_run(run_id: str, status: str) -> None:
             mlflow.tracking.fluent._active_run_stack.get().clear()
 
 
-def tag_failure(run_id: str, reason: str) -> None:
+def tag_failure(run_id: str, reason: str, tag: str = "failure_reason") -> None:
     from mlflow.tracking import MlflowClient
 
     with contextlib.suppress(Exception):
-        MlflowClient().set_tag(run_id, "failure_reason", reason[:5000])
+        MlflowClient().set_tag(run_id, tag, reason[:5000])

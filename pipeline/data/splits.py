@@ -2,8 +2,8 @@
 
 A split is read once per process and file version (the jobs of an in-process sweep
 share it), hashed from the very bytes that are parsed, checked against what preprocess
-recorded in `meta.json`, and refused when the split settings of the run contradict the
-ones the data was made with.
+recorded in `meta.json`, and refused when the run's dataset or split settings contradict
+the ones the data was made with.
 """
 
 from __future__ import annotations
@@ -73,8 +73,22 @@ def load_split(cfg: DictConfig, name: str) -> Split:
             f"{path} (sha256 {split.sha256[:12]}) is not the file preprocess wrote "
             f"(meta.json says {str(recorded)[:12]}): it was replaced or changed. {REBUILD[0].upper()}{REBUILD[1:]}."
         )
+    check_dataset(cfg, meta)
     check_split_settings(cfg, meta)
     return split
+
+
+def check_dataset(cfg: DictConfig, meta: dict[str, Any]) -> None:
+    """The processed data must come from the run's dataset: one processed folder serves every dataset."""
+    wanted = project_paths(cfg).raw_data.name
+    made_from = meta.get("source")
+    if made_from is not None and made_from != wanted:
+        dataset = cfg.dataset.name
+        raise PipelineError(
+            f"This run asks for dataset={dataset} ({wanted}), but the processed data was made from {made_from}. "
+            f"Make the data for it first (python -m pipeline.download dataset={dataset} && "
+            f"python -m pipeline.preprocess dataset={dataset}), or run with the dataset the data was made from."
+        )
 
 
 def check_split_settings(cfg: DictConfig, meta: dict[str, Any]) -> None:

@@ -251,12 +251,18 @@ def tuned_comparison(root: Path) -> str:
         change = f"{tuned['mean'] - default['mean']:+.4f}" if default and tuned else "-"
         rows.append(f"| {name} | {view(default)} | {rate} | {view(tuned)} | {change} |")
     d, t = data["default"], data["tuned"]
+    if d:
+        default = (
+            f"Default rates: the winner (chosen on validation) is {d['winner']}; not shown to differ from it: "
+            f"{', '.join(d['tied_with']) or 'none'}."
+        )
+    else:
+        default = f"Default rates: left out ({data.get('default_left_out') or 'no default sweep was compared'})."
     return (
         "| cell | default rate: mean [95 % CI] | tuned rate (x default) | tuned: mean [95 % CI] | change |\n"
         "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        f"Default rates: the winner (chosen on validation) is {d['winner']}; not shown to differ from it: "
-        f"{', '.join(d['tied_with']) or 'none'}. Tuned rates: the winner is {t['winner']}; not shown to differ "
-        f"from it: {', '.join(t['tied_with']) or 'none'}.\n"
+        f"{default} Tuned rates: the winner is {t['winner']}; not shown to differ from it: "
+        f"{', '.join(t['tied_with']) or 'none'}.\n"
     )
 
 

@@ -152,6 +152,13 @@ class SweepCallback(Callback):
             swept = [str(k) for k in (config.hydra.sweeper.get("params") or {})]
         n_jobs = len(jobs) if kind in grid.GRID_SWEEPERS else config.hydra.sweeper.get("n_trials")
         seeds = 1 if kind == "OptunaSweeper" else int(config.sweep.seeds)
+        if seeds > 1 and "train.seed" in swept:
+            raise PipelineError(
+                f"train.seed is swept and sweep.seeds={seeds}: every job runs seeds train.seed to "
+                f"train.seed+{seeds - 1}, so the jobs of a cell would run the same seeds twice and compare would "
+                f"count them twice. Sweep one or the other: add sweep.seeds=1 to keep your seeds, or drop the "
+                f"train.seed sweep to run {seeds} seeds from train.seed."
+            )
         for job, job_cfg in zip(jobs, compose_jobs(config, jobs), strict=True):
             task = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
             try:

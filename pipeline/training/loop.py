@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core.config import backend_name, build_optimizer, resolve_batch_size
 from pipeline.core.env import THREADS
 from pipeline.core.errors import PipelineError, check_stop
-from pipeline.data.splits import INFERENCE_BATCH_SIZE, Split, read_meta
+from pipeline.data.splits import INFERENCE_BATCH_SIZE, Split, check_dataset, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +179,14 @@ def use_compilation_cache(folder: str | None) -> None:
 
 
 def check_batch_fits(cfg: DictConfig) -> None:
-    """Refuse a batch size above the processed training set (from what preprocess recorded; skipped without it)."""
+    """Refuse processed data of another dataset, and a batch size above its training set (from what
+    preprocess recorded; skipped without it). A sweep checks every job with it before the first starts."""
     try:
-        n_train = int(read_meta(cfg)["tensors"]["train"]["x"]["shape"][0])
+        meta = read_meta(cfg)
+        n_train = int(meta["tensors"]["train"]["x"]["shape"][0])
     except (PipelineError, KeyError, TypeError):
         return  # no processed data yet: reading the splits says so
+    check_dataset(cfg, meta)
     resolve_batch_size(cfg.train.batch_size, n_train)
 
 

@@ -159,7 +159,11 @@ def evaluate_run(model: Any, test: Split, outputs: RunOutputs, run_id: str | Non
 
 
 def run_of_model(cfg: DictConfig, model_sha256: str) -> str:
-    """The finished MLflow run that trained the model file with this sha256 (newest if several)."""
+    """The finished MLflow run that trained the model file with this sha256 (newest if several).
+
+    A sweep's child run is never it: its model went to its job folder, and the same settings
+    train the same bytes, so a child can carry the stage model's sha256 too.
+    """
     from mlflow.tracking import MlflowClient
 
     from pipeline.core.store import setup_tracking, tracking_uri
@@ -169,8 +173,9 @@ def run_of_model(cfg: DictConfig, model_sha256: str) -> str:
         [experiment_id],
         filter_string=f"tags.`{MODEL_SHA_TAG}` = '{model_sha256}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=1000,
     )
+    runs = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     if not runs:
         raise PipelineError(
             f"No finished training run in {tracking_uri(cfg)} recorded this model (sha256 {model_sha256[:12]}): "
