@@ -39,17 +39,19 @@ CORRECT_ARTIFACT = "evaluation/test_correct.npz"  # which test images a run got 
 
 
 # What a sweep's cells must share to be compared with another sweep's (`shared_settings`): every
-# setting of the data, the network and training, except what a sweep of optimizers and batch sizes varies.
+# setting of the data, the network and training, except what a sweep of optimizers and batch sizes
+# varies and what changes only how a run is executed or shown.
 SETTING_PREFIXES = ("dataset.", "split.", "model.", "train.")
-COMPARED_SETTINGS = ("train.seed", "train.batch_size", "train.lr_factor")
+NOT_SETTINGS = ("train.seed", "train.batch_size", "train.lr_factor", "train.compilation_cache", "train.threads",
+                "train.verbose")  # fmt: skip
 
 
 def shared_settings(runs: list[Any]) -> dict[str, str]:
-    """The settings (`SETTING_PREFIXES`, but `COMPARED_SETTINGS`) every finished run has alike."""
+    """The settings (`SETTING_PREFIXES`, but `NOT_SETTINGS`) every finished run has alike."""
     finished = [run.data.params for run in runs if run.info.status == "FINISHED"]
     if not finished:
         return {}
-    keys = {k for k in finished[0] if k.startswith(SETTING_PREFIXES) and k not in COMPARED_SETTINGS}
+    keys = {k for k in finished[0] if k.startswith(SETTING_PREFIXES) and k not in NOT_SETTINGS}
     return {k: finished[0][k] for k in sorted(keys) if all(p.get(k) == finished[0][k] for p in finished)}
 
 
