@@ -13,8 +13,8 @@ It writes `<reports_dir>/sweep/` as one unit (all files new, or all as they were
   `compare.target` validation accuracy, the fastest cell in seconds and the cells its
   seeds cannot tell from it, the cell with the fewest steps, how the steps scale with
   the batch size (`pipeline.analysis.scaling`), the `answer`, the machine, and the
-  `settings` its finished runs share (data, network, training: what makes another sweep
-  comparable with it);
+  `settings` of its finished runs (data, network, training; a value that differs among
+  them as the values it takes): what makes another sweep comparable with it;
 - `curves.csv`, `cell_curves.csv` (for `dvc plots`), `curves.png`, `heatmap.png`;
 - `report.html`: all of it as one self-contained page (`pipeline.analysis.report`).
 
@@ -125,7 +125,7 @@ def compare_sweep(cfg: DictConfig) -> dict[str, Any]:
             f"against the winner, Holm-corrected, alpha {alpha:g}; interval: Student t 95 %"
         ),
         "machine": {k: tags.get(k, "unknown") for k in ("cpu.model", "cpu.vector_extensions", "cpu.count")},
-        "settings": settings,  # what its finished runs share: another sweep is comparable only with the same
+        "settings": settings,  # of its finished runs: another sweep is comparable only with the same
         "cells": [c.as_dict() for c in cells],
         "winner": cells[0].as_dict() if cells else None,
         "comparisons": comparisons,

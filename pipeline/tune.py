@@ -143,13 +143,15 @@ def compare_views(paths: Paths) -> dict:
     """Default vs tuned, per cell: mean test accuracy, interval, the chosen learning rate.
 
     The default sweep is `<reports_dir>/sweep/summary.json` (dvc repro's, if it ran), set beside the
-    tuned one only when its runs shared the same settings (data, network, training); else it is
-    left out, and `default_left_out` says why.
+    tuned one only when its runs had the same settings (data, network, training) and it named a
+    winner; else it is left out, and `default_left_out` says why.
     """
     default_file = paths.sweep_report("summary.json")
     default = json.loads(default_file.read_text()) if default_file.is_file() else None
     tuned = json.loads(phase_paths(paths, FINAL).sweep_report("summary.json").read_text())
     left_out = None if default is None else settings_differ(default.get("settings"), tuned["settings"])
+    if default is not None and not left_out and not default["winner"]:
+        left_out = "it named no winner (no run of it finished)"
     if left_out:
         log.warning("The default sweep (%s) is left out of the comparison: %s", default_file, left_out)
         default = None

@@ -173,6 +173,14 @@ def http_post_json(url: str, body: dict, timeout: float = 10) -> dict:
         return json.loads(response.read())
 
 
+def hangup_as_a_terminal_does() -> Callable[[], None] | None:
+    """For `Popen(preexec_fn=...)`: under `nohup` the tests' children would inherit an ignored SIGHUP,
+    and a test that hangs one up would test nothing; they get the default, as a terminal's command has."""
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        return None
+    return lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class Command:
     """`python -m <args>` run from the checkout in its own process group, its output read line by line.
 
@@ -192,6 +200,7 @@ class Command:
             text=True,
             env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
+            preexec_fn=hangup_as_a_terminal_does(),
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

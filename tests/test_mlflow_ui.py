@@ -37,7 +37,7 @@ def test_pipeline_ui_serves_the_projects_store_without_a_uri_typed(tiny_data_cfg
     import sys
     import time
 
-    from conftest import free_port
+    from conftest import free_port, hangup_as_a_terminal_does
 
     from pipeline.core.paths import PACKAGE_CHECKOUT
 
@@ -51,6 +51,7 @@ def test_pipeline_ui_serves_the_projects_store_without_a_uri_typed(tiny_data_cfg
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=hangup_as_a_terminal_does(),
     )
     try:
         deadline = time.monotonic() + 180

@@ -202,6 +202,24 @@ def test_a_nohup_command_keeps_ignoring_sighup():
     assert result.stdout.splitlines() == ["still running", "129 Hung up (SIGHUP: the terminal closed)"], result.stderr
 
 
+def test_a_run_started_outside_a_command_ends_on_sighup_too_and_the_stop_survives_pickling():
+    """A launcher's worker never runs a command's handlers: the run's own block makes SIGHUP a stop."""
+    script = (
+        "import os, pickle, signal\n"
+        "from pipeline.core.errors import Terminated\n"
+        "from pipeline.core.store import sigterm_raises\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+        "try:\n"
+        "    with sigterm_raises():\n"
+        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+        "except Terminated as stop:\n"
+        "    again = pickle.loads(pickle.dumps(stop))  # as a worker's stop travels back\n"
+        "    print(again.signum, again.args[0], signal.getsignal(signal.SIGHUP) is signal.SIG_DFL)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["1 received signal 1 True"], result.stderr
+
+
 def test_processed_data_of_another_dataset_is_refused_before_any_run_or_file(tiny_data_cfg, compose_cfg):
     """data/processed serves whichever dataset preprocess last made: a run of another dataset is refused."""
     tiny_data_cfg("dataset=fashion_mnist")  # downloaded and preprocessed as Fashion-MNIST

@@ -193,7 +193,8 @@ def test_joblib_launcher_two_workers_fresh_store_loses_nothing(tiny_data_cfg):
         ("optimizer.learning_rate=0.01,inf", "optimizer.learning_rate=inf is not allowed"),
         ("model.activation=relu,nonsense", "model=mlp (pipeline.model.networks.mlp) cannot be built"),
         # each job would run seeds 0-1 and 1-2: seed 1 twice in one cell
-        ("train.seed=0,1 sweep.seeds=2", "train.seed is swept and sweep.seeds=2: every job runs seeds train.seed"),
+        ("train.seed=0,1 sweep.seeds=2", "train.seed=0,1 with sweep.seeds=2: the jobs run seeds 0-1 and 1-2"),
+        ("++train.seed=5,0,6 sweep.seeds=2", "train.seed=5,6 with sweep.seeds=2: the jobs run seeds 5-6 and 6-7"),
     ],
 )
 def test_bad_sweep_value_fails_before_any_job(tiny_data_cfg, override, message):

@@ -30,6 +30,24 @@ def test_learning_rate_scales_with_the_batch_size(compose_cfg, rule, factor):
     assert effective_learning_rate(cfg, None) == pytest.approx(0.005), "before the data: the base batch size"
 
 
+def test_settings_that_vary_within_a_sweep_are_kept_as_the_values_they_take():
+    """Two sweeps that both vary `train.epochs`, over other values, must not look alike."""
+    from types import SimpleNamespace
+
+    from pipeline.analysis.summary import shared_settings
+
+    def run(status: str, **params: str) -> SimpleNamespace:
+        params = {k.replace("__", "."): v for k, v in params.items()}
+        return SimpleNamespace(info=SimpleNamespace(status=status), data=SimpleNamespace(params=params))
+
+    runs = [
+        run("FINISHED", train__epochs="5", train__batch_size="32", dataset__name="mnist", model__hidden_units="[512]"),
+        run("FINISHED", train__epochs="1", train__batch_size="128", dataset__name="mnist"),
+        run("FAILED", train__epochs="9", dataset__name="mnist"),
+    ]
+    assert shared_settings(runs) == {"dataset.name": "mnist", "model.hidden_units": "-,[512]", "train.epochs": "1,5"}
+
+
 def test_the_default_sweep_is_set_beside_the_tuned_one_only_with_the_same_settings(compose_cfg):
     """`pipeline.tune train.epochs=1` must not call a 5-epoch default sweep its baseline."""
     cfg = compose_cfg()

@@ -47,12 +47,11 @@ NOT_SETTINGS = ("train.seed", "train.batch_size", "train.lr_factor", "train.comp
 
 
 def shared_settings(runs: list[Any]) -> dict[str, str]:
-    """The settings (`SETTING_PREFIXES`, but `NOT_SETTINGS`) every finished run has alike."""
+    """The settings (`SETTING_PREFIXES`, but `NOT_SETTINGS`) of the finished runs: each key's value, or
+    the values it takes among them, comma-separated (`-` for a run without it), where they differ."""
     finished = [run.data.params for run in runs if run.info.status == "FINISHED"]
-    if not finished:
-        return {}
-    keys = {k for k in finished[0] if k.startswith(SETTING_PREFIXES) and k not in NOT_SETTINGS}
-    return {k: finished[0][k] for k in sorted(keys) if all(p.get(k) == finished[0][k] for p in finished)}
+    keys = {k for p in finished for k in p if k.startswith(SETTING_PREFIXES) and k not in NOT_SETTINGS}
+    return {k: ",".join(sorted({p.get(k, "-") for p in finished})) for k in sorted(keys)}
 
 
 def collect_runs(client: Any, parent: Any) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:

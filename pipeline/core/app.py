@@ -9,7 +9,8 @@
 - a `PipelineError` (bad input) ends in one logged line and exit status 1, any other
   error in one line too unless `HYDRA_FULL_ERROR=1` asks for the traceback; Ctrl-C
   (status 130), SIGTERM (143) and SIGHUP, the terminal closed (129; ignored under `nohup`),
-  end with one line, every run closed KILLED. In a
+  end with one line, every run the command started closed KILLED (a run evaluate resumes
+  stays FINISHED, the stop in its `evaluation.failure_reason`). In a
   multirun a failed job is recorded by the job itself and the sweep goes on.
 """
 

@@ -18,6 +18,9 @@ class Terminated(BaseException):  # noqa: N818 - mirrors KeyboardInterrupt, not 
         super().__init__(f"received signal {signum}")
         self.signum = signum
 
+    def __reduce__(self) -> tuple:  # rebuilt from its signal where a worker's stop is pickled
+        return Terminated, (self.signum,)
+
 
 def install_stop_handlers() -> None:
     """Make Ctrl-C, SIGTERM and SIGHUP (the terminal closed) raise a stop in the main thread.

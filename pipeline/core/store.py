@@ -332,19 +332,20 @@ def child_runs(client: Any, parent: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` so runs and files are closed properly.
-
-    A command's own handlers (`errors.install_stop_handlers`, SIGHUP too) are set already;
-    this covers a run started from a library call."""
+    """Within the block, SIGTERM and SIGHUP (unless ignored: `nohup`) raise `Terminated`, so runs and
+    files are closed properly: in a run started from a library call, or in a launcher's worker process,
+    which never ran a command's `errors.install_stop_handlers`."""
+    stops = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN else [])
     try:
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        previous = {sig: signal.signal(sig, raise_terminated) for sig in stops}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # Why the evaluation of a finished run failed (the run itself stays FINISHED: its training did).

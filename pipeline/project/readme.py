@@ -257,7 +257,7 @@ def tuned_comparison(root: Path) -> str:
             f"{', '.join(d['tied_with']) or 'none'}."
         )
     else:
-        default = f"Default rates: left out ({data.get('default_left_out') or 'no default sweep was compared'})."
+        default = f"Default rates: left out ({data.get('default_left_out') or 'no default sweep in reports/sweep/'})."
     return (
         "| cell | default rate: mean [95 % CI] | tuned rate (x default) | tuned: mean [95 % CI] | change |\n"
         "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"

@@ -105,6 +105,18 @@ def check_search(config: DictConfig) -> None:
             config.hydra.overrides.hydra.append(f"hydra.sweeper.study_name={name}")
 
 
+def check_seeds_apart(first_seeds: list[int], seeds: int) -> None:
+    """Refuse swept `train.seed` values closer than `sweep.seeds`: each job runs seeds `train.seed` to
+    `train.seed + seeds - 1`, so a cell would run a seed twice and compare would count it twice."""
+    for low, high in zip(first_seeds, first_seeds[1:], strict=False):
+        if high - low < seeds:
+            raise PipelineError(
+                f"train.seed={low},{high} with sweep.seeds={seeds}: the jobs run seeds {low}-{low + seeds - 1} and "
+                f"{high}-{high + seeds - 1}, so a cell would run seed {high} twice and count it twice. Fix: add "
+                f"sweep.seeds=1 to run exactly the seeds you list, or list seeds at least {seeds} apart."
+            )
+
+
 def hand_to_jobs(config: DictConfig, values: dict[str, str]) -> None:
     """Make `values` environment variables of every job of this sweep (`hydra.job.env_set`).
 
@@ -152,13 +164,7 @@ class SweepCallback(Callback):
             swept = [str(k) for k in (config.hydra.sweeper.get("params") or {})]
         n_jobs = len(jobs) if kind in grid.GRID_SWEEPERS else config.hydra.sweeper.get("n_trials")
         seeds = 1 if kind == "OptunaSweeper" else int(config.sweep.seeds)
-        if seeds > 1 and "train.seed" in swept:
-            raise PipelineError(
-                f"train.seed is swept and sweep.seeds={seeds}: every job runs seeds train.seed to "
-                f"train.seed+{seeds - 1}, so the jobs of a cell would run the same seeds twice and compare would "
-                f"count them twice. Sweep one or the other: add sweep.seeds=1 to keep your seeds, or drop the "
-                f"train.seed sweep to run {seeds} seeds from train.seed."
-            )
+        first_seeds = set()
         for job, job_cfg in zip(jobs, compose_jobs(config, jobs), strict=True):
             task = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
             try:
@@ -172,6 +178,8 @@ class SweepCallback(Callback):
                 check_batch_fits(task)
             except PipelineError as err:
                 raise PipelineError(f"Sweep job [{' '.join(job)}]: {err}") from err
+            first_seeds.add(int(task.train.seed))
+        check_seeds_apart(sorted(first_seeds), seeds)
         check_store_reachable_from_jobs(config)
         if kind == "OptunaSweeper":
             check_search(config)

@@ -169,20 +169,26 @@ def run_of_model(cfg: DictConfig, model_sha256: str) -> str:
     from pipeline.core.store import setup_tracking, tracking_uri
 
     experiment_id = setup_tracking(cfg)
-    runs = MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{MODEL_SHA_TAG}` = '{model_sha256}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1000,
-    )
-    runs = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    if not runs:
+    token = None
+    while True:  # newest first, page by page, to the first that is not a sweep's child
+        runs = MlflowClient().search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{MODEL_SHA_TAG}` = '{model_sha256}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+            page_token=token,
+        )
+        found = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+        token = runs.token
+        if found or not token:
+            break
+    if not found:
         raise PipelineError(
             f"No finished training run in {tracking_uri(cfg)} recorded this model (sha256 {model_sha256[:12]}): "
             "it was not trained into this store, or its training run failed. Retrain it "
             "(dvc repro train, or python -m pipeline.train), or point tracking at the store that trained it."
         )
-    return runs[0].info.run_id
+    return found[0].info.run_id
 
 
 def run_experiment(
