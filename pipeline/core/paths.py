@@ -1,4 +1,7 @@
-"""Where every file of the pipeline lives: the one module that builds paths.
+"""Where every file the pipeline writes lives: the one module that builds the paths of its outputs.
+
+Inputs are named elsewhere: a dataset's mirrors in `conf/dataset/`, and the `conf/` files that
+`pipeline.project.stages` (a development command) lists as dvc.yaml's dependencies.
 
 Folders come from `conf/paths/` and are relative to the project root: the nearest
 directory above the working directory that holds `dvc.yaml` (so a command works from

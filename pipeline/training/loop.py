@@ -58,8 +58,9 @@ class DivergedError(PipelineError):
     Raised at the end of an epoch, after its row is logged and before any file is
     written, so the previous model and history stay. The run ends FAILED with its
     `failure_reason` tag (`core.store.final_status`); a stage prints the one line and
-    exits 1; in a sweep the job logs it and goes on with its next seed and the next
-    cell, and compare leaves the run out (it counts finished runs only).
+    exits 1 (`core.app.stage_main`, as for any `PipelineError`); in a sweep the job logs
+    it and goes on with its next seed and the next cell (`sweeps.jobs.run_sweep_job`),
+    and compare leaves the run out (it counts finished runs only).
     """
 
 
@@ -191,7 +192,8 @@ def check_batch_fits(cfg: DictConfig) -> None:
 
 
 def fit(cfg: DictConfig, train: Split, val: Split, on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Build, compile and fit the model on `train` from `train.seed`, validating on `val` every epoch."""
+    """Build, compile and fit the model on `train` from `train.seed`, validating on `val` (on JAX up to
+    `train.evals_per_epoch` times an epoch, on TensorFlow once an epoch)."""
     threads = thread_count(cfg)
     batch_size = resolve_batch_size(cfg.train.batch_size, len(train.x))
     fit_backend = _fit_jax if backend_name(cfg) == "jax" else _fit_tensorflow
